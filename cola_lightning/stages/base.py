@@ -1,0 +1,181 @@
+"""What every CoLA stage shares: building the model, freezing, hand-off, optimiser, logging.
+
+A stage names the parts it trains (`trained_parts`); everything else is frozen. The model is built
+in `configure_model`, so sharded strategies can build it where they want it. Checkpoints leave out
+the backbone when it is frozen and reloadable from its `source` (it is the bulk of the model), and
+loading refuses any checkpoint with a missing or unexpected tensor.
+"""
+
+from __future__ import annotations
+
+import time
+
+import lightning as L
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger
+
+from cola_lightning.models.backbone import Backbone, BackboneSpec, load_tokenizer
+from cola_lightning.models.checkpoint import (
+    BACKBONE_PREFIX,
+    STATE_PREFIX,
+    check_state_keys,
+    load_stage_checkpoint,
+)
+from cola_lightning.models.cola import CoLAConfig, CoLAModel
+from cola_lightning.stages.losses import masked_cross_entropy, target_mask
+from cola_lightning.stages.optim import OptimizerConfig, build_optimizer, build_scheduler
+
+FROZEN_BACKBONE_KEYS = STATE_PREFIX + BACKBONE_PREFIX
+
+
+class CoLAStage(L.LightningModule):
+    """Base class of the stage modules.
+
+    Args:
+        backbone: where the pretrained LM comes from.
+        cola: sizes of the latent-action parts.
+        optimizer: optimiser and learning-rate schedule.
+        init_from: a previous stage's checkpoint to start from.
+        sample_tokens: how many tokens of the first validation sequence to log with their codes.
+    """
+
+    trained_parts: tuple[str, ...] = ()
+
+    def __init__(
+        self,
+        backbone: BackboneSpec,
+        cola: CoLAConfig | None = None,
+        optimizer: OptimizerConfig | None = None,
+        init_from: str | None = None,
+        sample_tokens: int = 48,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.backbone_spec = backbone
+        self.cola_config = cola or CoLAConfig()
+        self.optimizer_config = optimizer or OptimizerConfig()
+        self.init_from = init_from
+        self.sample_tokens = sample_tokens
+        self.tokenizer = load_tokenizer(backbone.tokenizer_name)
+        self.model: CoLAModel | None = None
+        # Lightning's own strict check cannot know that a frozen backbone is left out on purpose;
+        # `on_load_checkpoint` checks instead, and just as strictly.
+        self.strict_loading = False
+        self._step_started = 0.0
+
+    # -- model ---------------------------------------------------------------------------------
+
+    @property
+    def trains_backbone(self) -> bool:
+        return "backbone" in self.trained_parts
+
+    def configure_model(self) -> None:
+        if self.model is not None:
+            return
+        backbone = Backbone.from_spec(self.backbone_spec, trainable=self.trains_backbone)
+        self.model = CoLAModel(backbone, self.cola_config)
+        if self.init_from:
+            load_stage_checkpoint(self.model, self.init_from)
+        self.model.requires_grad_(False)
+        for part in self.trained_parts:
+            getattr(self.model, part).requires_grad_(True)
+
+    def _checkpoint_skips_backbone(self) -> bool:
+        """A frozen backbone from a source is reloaded from there, not stored in every ckpt."""
+        return self.backbone_spec.source is not None and not self.trains_backbone
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        if self._checkpoint_skips_backbone():
+            state = checkpoint["state_dict"]
+            for key in [k for k in state if k.startswith(FROZEN_BACKBONE_KEYS)]:
+                del state[key]
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.configure_model()
+        expected = set(self.state_dict())
+        optional = set()
+        if self._checkpoint_skips_backbone():
+            optional = {k for k in expected if k.startswith(FROZEN_BACKBONE_KEYS)}
+        check_state_keys(expected, set(checkpoint["state_dict"]), optional, "The checkpoint")
+
+    # -- optimisation --------------------------------------------------------------------------
+
+    def configure_optimizers(self):
+        optimizer = build_optimizer(self.model, self.optimizer_config)
+        total = max(int(self.trainer.estimated_stepping_batches), 1)
+        scheduler = build_scheduler(optimizer, total, self.optimizer_config)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }
+
+    def on_train_batch_start(self, batch: dict, batch_idx: int) -> None:
+        self._step_started = time.perf_counter()
+
+    def on_train_batch_end(self, outputs, batch: dict, batch_idx: int) -> None:
+        elapsed = time.perf_counter() - self._step_started
+        tokens = batch["attention_mask"].sum().item()
+        self.log("perf/tokens_per_s", tokens / max(elapsed, 1e-9), on_step=True, on_epoch=False)
+
+    # -- shared pieces of the steps -------------------------------------------------------------
+
+    def features(self, batch: dict) -> torch.Tensor:
+        """The backbone's states h (B, T, d), without autograd where the backbone is frozen."""
+        hidden, _ = self.model.hidden_states(batch["input_ids"], batch["attention_mask"])
+        return hidden
+
+    def idm_codes(self, hidden: torch.Tensor, batch: dict) -> torch.Tensor:
+        """The inverse dynamics model's argmax codes (B, T-1), without autograd."""
+        with torch.no_grad():
+            return self.model.inverse_dynamics.code_logits(hidden, batch["attention_mask"]).argmax(
+                -1
+            )
+
+    def world_model_nll(
+        self, hidden: torch.Tensor, codes: torch.Tensor, batch: dict
+    ) -> torch.Tensor:
+        logits = self.model.world_model_logits(hidden[:, :-1], codes)
+        return masked_cross_entropy(logits, batch["input_ids"][:, 1:], target_mask(batch))
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        hidden = self.features(batch)
+        codes = self.idm_codes(hidden, batch)
+        metrics = {
+            "val/wm_nll": self.world_model_nll(hidden, codes, batch),
+            "val/base_nll": masked_cross_entropy(
+                self.model.base_logits(hidden[:, :-1]),
+                batch["input_ids"][:, 1:],
+                target_mask(batch),
+            ),
+        }
+        metrics.update(self.extra_validation_metrics(hidden, codes, batch))
+        self.log_dict(metrics, batch_size=batch["input_ids"].shape[0], sync_dist=True)
+        if batch_idx == 0:
+            self.log_code_samples("samples/idm_codes", batch["input_ids"][0], codes[0])
+
+    def extra_validation_metrics(
+        self, hidden: torch.Tensor, codes: torch.Tensor, batch: dict
+    ) -> dict[str, torch.Tensor]:
+        """Stage-specific validation metrics on top of the world model's and backbone's NLL."""
+        return {}
+
+    # -- TensorBoard extras ----------------------------------------------------------------------
+
+    @property
+    def tensorboard(self):
+        """The SummaryWriter on rank 0 when logging to TensorBoard, else None."""
+        if isinstance(self.logger, TensorBoardLogger) and self.trainer.is_global_zero:
+            return self.logger.experiment
+        return None
+
+    def log_code_samples(self, tag: str, token_ids: torch.Tensor, codes: torch.Tensor) -> None:
+        """Logs one text as `token⟨code⟩` pairs: the code chosen for the step that made the token."""
+        writer = self.tensorboard
+        if writer is None:
+            return
+        count = min(self.sample_tokens, codes.shape[0])
+        pieces = [self.tokenizer.decode(token_ids[:1])]
+        for step in range(count):
+            token = self.tokenizer.decode(token_ids[step + 1 : step + 2])
+            pieces.append(f"{token}⟨{int(codes[step])}⟩")
+        writer.add_text(tag, "".join(pieces).replace("\n", "  \n"), self.global_step)

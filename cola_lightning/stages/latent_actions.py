@@ -1,0 +1,95 @@
+"""Stage 1, latent action construction: train the inverse dynamics model, codebook and world model.
+
+The frozen backbone gives states h; the inverse dynamics model labels each step with a code drawn
+by Gumbel-softmax (tau = 2) and passed on as a straight-through one-hot; the world model must then
+predict the next token from h_t and that code. An entropy bonus (0.001 * sum_k y_k log y_k on the
+soft sample y) keeps the labelling from collapsing early.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from cola_lightning.metrics.codebook import CodebookUsage
+from cola_lightning.models.backbone import BackboneSpec
+from cola_lightning.models.cola import CoLAConfig
+from cola_lightning.stages.base import CoLAStage
+from cola_lightning.stages.losses import masked_cross_entropy, masked_mean, target_mask
+from cola_lightning.stages.optim import OptimizerConfig
+
+
+def straight_through_one_hot(soft: torch.Tensor) -> torch.Tensor:
+    """The one-hot of argmax(soft) in the forward pass, with the gradient of `soft` backward."""
+    hard = F.one_hot(soft.argmax(-1), soft.shape[-1]).to(soft.dtype)
+    return hard - soft.detach() + soft
+
+
+class LatentActionModule(CoLAStage):
+    """Stage 1 of CoLA (DESIGN.md section 2).
+
+    Args:
+        backbone: where the pretrained LM comes from (frozen here).
+        cola: sizes of the latent-action parts.
+        optimizer: optimiser and schedule (published: AdamW 1e-4, warm-up 100, cosine to 4e-5).
+        init_from: a checkpoint to start from.
+        gumbel_tau: Gumbel-softmax temperature for the inverse dynamics model's codes.
+        entropy_coef: weight of sum_k y_k log y_k in the loss (an entropy bonus).
+        usage_window: training steps over which `codebook/alive` and `codebook/perplexity` count.
+        sample_tokens: tokens of the first validation text logged with their codes.
+    """
+
+    trained_parts = ("inverse_dynamics", "codebook", "world_model")
+
+    def __init__(
+        self,
+        backbone: BackboneSpec,
+        cola: CoLAConfig | None = None,
+        optimizer: OptimizerConfig | None = None,
+        init_from: str | None = None,
+        gumbel_tau: float = 2.0,
+        entropy_coef: float = 1e-3,
+        usage_window: int = 100,
+        sample_tokens: int = 48,
+    ) -> None:
+        super().__init__(backbone, cola, optimizer, init_from, sample_tokens)
+        self.gumbel_tau = gumbel_tau
+        self.entropy_coef = entropy_coef
+        self.usage = CodebookUsage(self.cola_config.num_codes, usage_window)
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        hidden = self.features(batch)
+        mask = target_mask(batch)
+        logits = self.model.inverse_dynamics.code_logits(hidden, batch["attention_mask"])
+        soft = F.gumbel_softmax(logits.float(), tau=self.gumbel_tau, hard=False)
+        codes = straight_through_one_hot(soft).to(hidden.dtype)
+        ce = masked_cross_entropy(
+            self.model.world_model_logits(hidden[:, :-1], codes), batch["input_ids"][:, 1:], mask
+        )
+        negative_entropy = masked_mean((soft * soft.clamp_min(1e-12).log()).sum(-1), mask)
+        loss = ce + self.entropy_coef * negative_entropy
+        self._log_training(loss, ce, -negative_entropy, soft.argmax(-1)[mask])
+        return loss
+
+    def _log_training(
+        self, loss: torch.Tensor, ce: torch.Tensor, entropy: torch.Tensor, codes: torch.Tensor
+    ) -> None:
+        self.usage.update(codes)
+        perplexity, alive = self.usage.compute()
+        self.log_dict(
+            {
+                "train/loss": loss,
+                "train/ce": ce,
+                "train/entropy": entropy,
+                "codebook/perplexity": perplexity,
+                "codebook/alive": alive.float(),
+            },
+            on_step=True,
+            on_epoch=False,
+            prog_bar=True,
+        )
+        writer = self.tensorboard
+        if writer is not None and self.global_step % self.trainer.log_every_n_steps == 0:
+            writer.add_histogram(
+                "codebook/usage", codes, self.global_step, bins=self.model.num_codes
+            )
