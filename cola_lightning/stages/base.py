@@ -169,7 +169,7 @@ class CoLAStage(L.LightningModule):
         return None
 
     def log_code_samples(self, tag: str, token_ids: torch.Tensor, codes: torch.Tensor) -> None:
-        """Logs one text as `token⟨code⟩` pairs: the code chosen for the step that made the token."""
+        """Logs one text as `token⟨code⟩` pairs: each token with the code of the step making it."""
         writer = self.tensorboard
         if writer is None:
             return
