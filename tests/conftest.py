@@ -1,0 +1,81 @@
+"""Tiny random-init backbones and helpers shared by the tests."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning as L
+import pytest
+
+from cola_lightning.data.corpus import ArithmeticCorpus, TextCorpusDataModule
+from cola_lightning.models.backbone import Backbone, BackboneSpec
+from cola_lightning.models.cola import CoLAConfig, CoLAModel
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+TINY = {
+    "vocab_size": 259,
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 256,
+    "initializer_range": 0.2,
+}
+TINY_COLA = CoLAConfig(num_codes=8, idm_layers=1, policy_layers=1, merge_layers=1)
+
+
+def tiny_spec(model_type: str = "llama") -> BackboneSpec:
+    return BackboneSpec(config={"model_type": model_type, **TINY}, tokenizer="bytes")
+
+
+def tiny_model(model_type: str = "llama", cola: CoLAConfig = TINY_COLA) -> CoLAModel:
+    return CoLAModel(Backbone.from_spec(tiny_spec(model_type)), cola)
+
+
+def tiny_data(num_problems: int = 40, seq_len: int = 48, batch_size: int = 4):
+    return TextCorpusDataModule(
+        arithmetic=ArithmeticCorpus(num_problems=num_problems),
+        seq_len=seq_len,
+        batch_size=batch_size,
+        val_fraction=0.2,
+        tokenizer="bytes",
+    )
+
+
+def tiny_trainer(max_steps: int, **kwargs) -> L.Trainer:
+    defaults = dict(
+        accelerator="cpu",
+        max_steps=max_steps,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=1,
+    )
+    return L.Trainer(**{**defaults, **kwargs})
+
+
+def run_cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    """Runs `python -m cola_lightning ARGS` in a subprocess with a clean environment."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST", "LOCAL_RANK"))}
+    env["PYTHONPATH"] = str(REPO)
+    return subprocess.run(
+        [sys.executable, "-m", "cola_lightning", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    L.seed_everything(0, verbose=False)
