@@ -1,0 +1,261 @@
+"""KV-cached batched generation through the policy and the world model (or the plain backbone).
+
+Latent mode, per new token (DESIGN.md section 1, "Generation"): the backbone gives h_t from its KV
+cache, the policy gives pi(. | x_1..x_t) from its own KV cache, a code a_t is chosen (sampled,
+greedy, or forced), the world model turns (h_t, a_t) into token logits, and the token is chosen
+(greedy by default, as in the paper's RL, so all exploration is in the K codes). Token mode is the
+plain backbone sampling tokens: the baseline, through the same interface.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from cola_lightning.models.cola import CoLAModel
+from cola_lightning.rollout.sampling import Sampler
+
+MODES = ("latent", "token")
+
+
+@dataclass
+class GenerationConfig:
+    """What to generate and how to choose codes and tokens.
+
+    Args:
+        max_new_tokens: most tokens generated per sequence.
+        code: how codes are chosen from the policy (latent mode).
+        token: how tokens are chosen from the world model's (or backbone's) logits.
+        stop_strings: a sequence ends once its completion contains one of these.
+        stop_at_eos: a sequence ends at the tokenizer's EOS token.
+    """
+
+    max_new_tokens: int = 64
+    code: Sampler = field(default_factory=Sampler)
+    token: Sampler = field(default_factory=lambda: Sampler(greedy=True))
+    stop_strings: list[str] = field(default_factory=list)
+    stop_at_eos: bool = True
+
+
+@dataclass
+class Rollout:
+    """Per sequence: the prompt and generated ids, the completion text, and per generated token
+    its code and the code's log-probability under the policy (latent mode), and the token's
+    log-probability. `finish` is ``eos``, ``stop`` or ``length``."""
+
+    prompt_ids: list[list[int]]
+    token_ids: list[list[int]]
+    texts: list[str]
+    token_logprobs: list[list[float]]
+    codes: list[list[int]] | None
+    code_logprobs: list[list[float]] | None
+    finish: list[str]
+
+
+def left_pad(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids (B, P) padded on the left, and the attention mask."""
+    if any(len(s) == 0 for s in sequences):
+        raise ValueError("Every prompt needs at least one token.")
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, sequence in enumerate(sequences):
+        ids[row, width - len(sequence) :] = torch.tensor(sequence)
+        mask[row, width - len(sequence) :] = 1
+    return ids, mask
+
+
+class Generator:
+    """Batched generation with a CoLA model.
+
+    Args:
+        model: the CoLA model (token mode uses only its backbone).
+        tokenizer: the backbone's tokenizer (pad and EOS ids, decoding, stop strings).
+        config: generation settings.
+    """
+
+    def __init__(self, model: CoLAModel, tokenizer, config: GenerationConfig | None = None):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.config = config or GenerationConfig()
+
+    def encode(self, prompts: list[str] | list[list[int]]) -> list[list[int]]:
+        if prompts and isinstance(prompts[0], str):
+            return [self.tokenizer(p, add_special_tokens=False).input_ids for p in prompts]
+        return [list(p) for p in prompts]
+
+    @torch.inference_mode()
+    def codes_from_reference(
+        self, prompts: list[str] | list[list[int]], references: list[str]
+    ) -> list[list[int]]:
+        """The inverse dynamics model's codes for each reference continuation of its prompt.
+
+        Generating with these codes (greedy tokens) replays the reference's "intent"; editing
+        them steers the replay.
+        """
+        result = []
+        for prompt, reference in zip(self.encode(prompts), references, strict=True):
+            continuation = self.tokenizer(reference, add_special_tokens=False).input_ids
+            ids = torch.tensor([prompt + continuation], device=self._device())
+            hidden, _ = self.model.hidden_states(ids)
+            codes = self.model.inverse_dynamics.code_logits(hidden).argmax(-1)[0]
+            # step t (predicting token t+1) for the steps that produce the continuation
+            result.append(codes[len(prompt) - 1 :].tolist())
+        return result
+
+    @torch.inference_mode()
+    def generate(
+        self,
+        prompts: list[str] | list[list[int]],
+        mode: str = "latent",
+        codes: torch.Tensor | list[list[int]] | int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Rollout:
+        """Generates a continuation of every prompt.
+
+        Args:
+            prompts: texts or token-id lists.
+            mode: ``latent`` (policy + world model) or ``token`` (the plain backbone).
+            codes: force the codes instead of sampling them: one code for every step (int), or a
+                code sequence per prompt; a prompt's generation stops when its codes run out.
+            generator: random generator for code and token sampling.
+        """
+        if mode not in MODES:
+            raise ValueError(f"Unknown generation mode {mode!r}; use one of {MODES}.")
+        if codes is not None and mode != "latent":
+            raise ValueError("Forced codes need mode='latent'.")
+        prompt_ids = self.encode(prompts)
+        forced, forced_lengths = self._forced_codes(codes, len(prompt_ids))
+        state = _DecodeState(self, prompt_ids, mode == "latent", generator)
+        for step in range(self.config.max_new_tokens):
+            state.advance(None if forced is None else forced[:, min(step, forced.shape[1] - 1)])
+            if forced_lengths is not None:
+                state.done |= forced_lengths <= step + 1
+            if state.done.all():
+                break
+            state.feed_last_token()
+        return state.rollout()
+
+    def _device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def _forced_codes(self, codes, batch: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Forced codes as (B, N) padded with their last code, and each row's length (or None)."""
+        device = self._device()
+        if codes is None:
+            return None, None
+        if isinstance(codes, int):
+            codes = [[codes]] * batch
+            lengths = None
+        else:
+            codes = [list(row) for row in codes]
+            lengths = torch.tensor([len(row) for row in codes], device=device)
+        if len(codes) != batch or any(len(row) == 0 for row in codes):
+            raise ValueError(f"Forced codes need one non-empty code list per prompt ({batch}).")
+        width = max(len(row) for row in codes)
+        padded = torch.tensor([row + row[-1:] * (width - len(row)) for row in codes], device=device)
+        if padded.min() < 0 or padded.max() >= self.model.num_codes:
+            raise ValueError(f"Forced codes must lie in [0, {self.model.num_codes}).")
+        return padded, lengths
+
+
+class _DecodeState:
+    """The moving parts of one `Generator.generate` call: caches, masks, and what was chosen."""
+
+    def __init__(
+        self,
+        owner: Generator,
+        prompt_ids: list[list[int]],
+        latent: bool,
+        generator: torch.Generator | None,
+    ) -> None:
+        self.model, self.config, self.generator = owner.model, owner.config, generator
+        self.tokenizer, self.latent, self.prompt_ids = owner.tokenizer, latent, prompt_ids
+        device = owner._device()
+        ids, self.mask = (t.to(device) for t in left_pad(prompt_ids, self.tokenizer.pad_token_id))
+        self.positions = (self.mask.cumsum(-1) - 1).clamp_min(0)
+        hidden, self.backbone_cache = self.model.hidden_states(
+            ids, self.mask, self.positions, use_cache=True
+        )
+        self.hidden = hidden[:, -1:]
+        if latent:
+            logits, self.policy_cache = self.model.policy_logits(
+                hidden, self.mask, self.positions, use_cache=True
+            )
+            self.policy_last = logits[:, -1]
+        batch = len(prompt_ids)
+        self.done = torch.zeros(batch, dtype=torch.bool, device=device)
+        self.finish = ["length"] * batch
+        self.tokens: list[torch.Tensor] = []
+        self.token_logprobs: list[torch.Tensor] = []
+        self.codes: list[torch.Tensor] = []
+        self.code_logprobs: list[torch.Tensor] = []
+        self.lengths = torch.zeros(batch, dtype=torch.long, device=device)
+
+    def advance(self, forced_code: torch.Tensor | None) -> None:
+        """Chooses one code (latent mode) and one token for every sequence still running."""
+        if self.latent:
+            code = forced_code
+            if code is None:
+                code = self.config.code.choose(self.policy_last, self.generator)
+            logprob = self.config.code.log_probs(self.policy_last).gather(-1, code[:, None])
+            self.codes.append(code)
+            self.code_logprobs.append(logprob[:, 0])
+            logits = self.model.world_model_logits(self.hidden, code[:, None])[:, -1]
+        else:
+            logits = self.model.base_logits(self.hidden)[:, -1]
+        token = self.config.token.choose(logits, self.generator)
+        token = token.masked_fill(self.done, self.tokenizer.pad_token_id)
+        self.tokens.append(token)
+        self.token_logprobs.append(
+            self.config.token.log_probs(logits).gather(-1, token[:, None])[:, 0]
+        )
+        self.lengths += (~self.done).long()
+        self._update_done(token)
+
+    def _update_done(self, token: torch.Tensor) -> None:
+        eos = self.tokenizer.eos_token_id
+        for row in torch.nonzero(~self.done).flatten().tolist():
+            if self.config.stop_at_eos and int(token[row]) == eos:
+                self.done[row], self.finish[row] = True, "eos"
+            elif self.config.stop_strings and self._hits_stop_string(row):
+                self.done[row], self.finish[row] = True, "stop"
+
+    def _hits_stop_string(self, row: int) -> bool:
+        longest = max(len(s) for s in self.config.stop_strings)
+        tail = [int(t[row]) for t in self.tokens[-(longest + 4) :]]
+        text = self.tokenizer.decode(tail)
+        return any(stop in text for stop in self.config.stop_strings)
+
+    def feed_last_token(self) -> None:
+        """Runs the last tokens through the backbone (and policy) caches."""
+        self.mask = torch.cat([self.mask, torch.ones_like(self.mask[:, :1])], dim=-1)
+        self.positions = self.positions[:, -1:] + 1
+        token = self.tokens[-1][:, None]
+        self.hidden, self.backbone_cache = self.model.hidden_states(
+            token, self.mask, self.positions, self.backbone_cache, use_cache=True
+        )
+        if self.latent:
+            logits, self.policy_cache = self.model.policy_logits(
+                self.hidden, self.mask, self.positions, self.policy_cache, use_cache=True
+            )
+            self.policy_last = logits[:, -1]
+
+    def rollout(self) -> Rollout:
+        lengths = self.lengths.tolist()
+
+        def rows(steps: list[torch.Tensor]) -> list[list]:
+            table = torch.stack(steps, dim=1).tolist()
+            return [row[:n] for row, n in zip(table, lengths, strict=True)]
+
+        token_ids = rows(self.tokens)
+        return Rollout(
+            prompt_ids=self.prompt_ids,
+            token_ids=token_ids,
+            texts=[self.tokenizer.decode(ids, skip_special_tokens=True) for ids in token_ids],
+            token_logprobs=rows(self.token_logprobs),
+            codes=rows(self.codes) if self.latent else None,
+            code_logprobs=rows(self.code_logprobs) if self.latent else None,
+            finish=self.finish,
+        )

@@ -1,0 +1,133 @@
+"""The CLI end to end, in subprocesses: fit on every test config, TensorBoard read back, errors."""
+
+import glob
+from pathlib import Path
+
+import pytest
+import yaml
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from tests.conftest import REPO, run_cli
+
+STAGE_ONE_TAGS = {
+    "train/loss",
+    "train/ce",
+    "train/entropy",
+    "codebook/perplexity",
+    "codebook/alive",
+    "perf/tokens_per_s",
+    "val/wm_nll",
+    "val/base_nll",
+}
+BEHAVIOR_CLONING_TAGS = {
+    "train/loss",
+    "bc/accuracy",
+    "perf/tokens_per_s",
+    "val/wm_nll",
+    "val/base_nll",
+    "val/bc_accuracy",
+    "val/wm_nll_policy",
+}
+
+
+def read_events(logdir: Path) -> EventAccumulator:
+    files = glob.glob(str(logdir / "events.out.tfevents.*"))
+    assert len(files) == 1, files
+    events = EventAccumulator(files[0], size_guidance={"tensors": 0, "histograms": 0})
+    events.Reload()
+    return events
+
+
+def fit(config: str, cwd: Path, *overrides: str) -> None:
+    result = run_cli(["fit", "--config", str(REPO / config), *overrides], cwd)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+@pytest.fixture(scope="module")
+def test_runs(tmp_path_factory):
+    """Stage 1 then stage 1b through the CLI, as the quickstart chains them."""
+    cwd = tmp_path_factory.mktemp("cli")
+    fit("configs/test/latent_actions.yaml", cwd)
+    fit("configs/test/behavior_cloning.yaml", cwd)
+    return cwd
+
+
+def test_stage_one_logs_and_checkpoint(test_runs):
+    logdir = test_runs / "runs/test/latent_actions/version_0"
+    events = read_events(logdir)
+    assert STAGE_ONE_TAGS <= set(events.Tags()["scalars"])
+    assert "codebook/usage" in events.Tags()["histograms"]
+    assert "samples/idm_codes/text_summary" in events.Tags()["tensors"]
+    assert len(events.Scalars("val/wm_nll")) == 2
+    saved = yaml.safe_load((logdir / "config.yaml").read_text())
+    assert saved["model"]["class_path"].endswith("LatentActionModule")
+    assert (test_runs / "checkpoints/test/latent_actions/last.ckpt").is_file()
+
+
+def test_behavior_cloning_logs(test_runs):
+    events = read_events(test_runs / "runs/test/behavior_cloning/version_0")
+    assert BEHAVIOR_CLONING_TAGS <= set(events.Tags()["scalars"])
+    accuracy = [e.value for e in events.Scalars("val/bc_accuracy")]
+    assert all(0.0 <= a <= 1.0 for a in accuracy)
+    assert (test_runs / "checkpoints/test/behavior_cloning/last.ckpt").is_file()
+
+
+def test_saved_config_reruns(test_runs):
+    """The config saved beside the logs is a complete config: validate runs from it."""
+    saved = test_runs / "runs/test/latent_actions/version_0/config.yaml"
+    result = run_cli(["validate", "--config", str(saved)], test_runs)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "val/wm_nll" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "config", sorted(str(p.relative_to(REPO)) for p in REPO.glob("configs/**/*.yaml"))
+)
+def test_every_config_parses(config, tmp_path):
+    result = run_cli(["fit", "--config", str(REPO / config), "--print_config"], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    printed = yaml.safe_load(result.stdout)
+    original = yaml.safe_load((REPO / config).read_text())
+    assert printed["model"]["class_path"] == original["model"]["class_path"]
+    assert printed["data"]["class_path"] == original["data"]["class_path"]
+
+
+def test_unknown_config_key_is_a_clear_error(tmp_path):
+    config = yaml.safe_load((REPO / "configs/test/latent_actions.yaml").read_text())
+    config["model"]["init_args"]["gumbel_temperature"] = 1.0
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(config))
+    result = run_cli(["fit", "--config", str(path)], tmp_path)
+    assert result.returncode != 0
+    assert "gumbel_temperature" in result.stderr
+
+
+def test_malformed_yaml_is_a_clear_error(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("model:\n  class_path: [unclosed\n")
+    result = run_cli(["fit", "--config", str(path)], tmp_path)
+    assert result.returncode != 0
+    assert "bad.yaml" in result.stderr
+
+
+def test_missing_model_path_is_a_clear_error(tmp_path):
+    result = run_cli(
+        [
+            "fit",
+            "--config",
+            str(REPO / "configs/test/latent_actions.yaml"),
+            "--model.init_args.backbone.config=null",
+            "--model.init_args.backbone.source=/no/such/model",
+        ],
+        tmp_path,
+    )
+    assert result.returncode != 0
+    assert "Backbone path not found: /no/such/model" in result.stderr
+
+
+def test_readme_test_command_is_what_ci_runs():
+    readme = (REPO / "README.md").read_text()
+    ci = (REPO / ".ci/run").read_text()
+    commands = [line for line in readme.splitlines() if line.startswith("bash scripts/install.sh")]
+    assert len(commands) == 2, commands
+    assert commands[1] in ci
