@@ -1,6 +1,7 @@
 """The CLI end to end, in subprocesses: fit on every test config, TensorBoard read back, errors."""
 
 import glob
+import json
 from pathlib import Path
 
 import pytest
@@ -52,10 +53,26 @@ def test_runs(tmp_path_factory):
     return cwd
 
 
+def test_predict_writes_generations(test_runs):
+    result = run_cli(["predict", "--config", str(REPO / "configs/test/generate.yaml")], test_runs)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = (test_runs / "outputs/test/generations.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in lines]
+    assert len(records) == 4  # 2 prompts x 2 samples
+    for record in records:
+        assert record["prompt"].startswith("Question:")
+        assert 1 <= len(record["tokens"]) <= 16
+        assert len(record["codes"]) == len(record["tokens"]) == len(record["code_logprobs"])
+        assert all(0 <= code < 8 for code in record["codes"])
+        assert all(lp <= 0 for lp in record["code_logprobs"] + record["token_logprobs"])
+    again = run_cli(["predict", "--config", str(REPO / "configs/test/generate.yaml")], test_runs)
+    assert again.returncode != 0 and "already exists" in again.stderr
+
+
 def test_stage_one_logs_and_checkpoint(test_runs):
     logdir = test_runs / "runs/test/latent_actions/version_0"
     events = read_events(logdir)
-    assert STAGE_ONE_TAGS <= set(events.Tags()["scalars"])
+    assert set(events.Tags()["scalars"]) >= STAGE_ONE_TAGS
     assert "codebook/usage" in events.Tags()["histograms"]
     assert "samples/idm_codes/text_summary" in events.Tags()["tensors"]
     assert len(events.Scalars("val/wm_nll")) == 2
@@ -66,7 +83,7 @@ def test_stage_one_logs_and_checkpoint(test_runs):
 
 def test_behavior_cloning_logs(test_runs):
     events = read_events(test_runs / "runs/test/behavior_cloning/version_0")
-    assert BEHAVIOR_CLONING_TAGS <= set(events.Tags()["scalars"])
+    assert set(events.Tags()["scalars"]) >= BEHAVIOR_CLONING_TAGS
     accuracy = [e.value for e in events.Scalars("val/bc_accuracy")]
     assert all(0.0 <= a <= 1.0 for a in accuracy)
     assert (test_runs / "checkpoints/test/behavior_cloning/last.ckpt").is_file()

@@ -1,4 +1,4 @@
-"""Step overhead of stage 1 over a forward pass of the frozen backbone alone, same batch, same process.
+"""Step overhead of stage 1 over a forward pass of the frozen backbone alone (same batch, process).
 
     python experiments/quickstart/stage1_overhead.py [--batch 8] [--seq 128] [--repeats 5]
 

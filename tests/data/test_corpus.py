@@ -50,7 +50,9 @@ def test_split_is_deterministic_disjoint_and_packed():
 
 def test_jsonl_and_txt_files(tmp_path):
     jsonl = tmp_path / "a.jsonl"
-    jsonl.write_text("\n".join(json.dumps({"body": f"document number {i} " * 3}) for i in range(20)))
+    jsonl.write_text(
+        "\n".join(json.dumps({"body": f"document number {i} " * 3}) for i in range(20))
+    )
     txt = tmp_path / "b.txt"
     txt.write_text("\n\n".join(f"paragraph {i} of plain text" for i in range(20)))
     data = corpus(files=[str(jsonl), str(txt)], text_field="body")
@@ -70,7 +72,9 @@ def test_malformed_jsonl_line_names_file_and_line(tmp_path):
 def test_missing_field_names_file_line_and_fields(tmp_path):
     path = tmp_path / "fields.jsonl"
     path.write_text('{"text": "fine"}\n{"content": "other"}\n')
-    with pytest.raises(KeyError, match=r"fields.jsonl:2: no field 'text' \(fields: \['content'\]\)"):
+    with pytest.raises(
+        KeyError, match=r"fields.jsonl:2: no field 'text' \(fields: \['content'\]\)"
+    ):
         corpus(files=[str(path)])
 
 
