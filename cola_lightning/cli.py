@@ -7,7 +7,11 @@ TensorBoard is the default logger.
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import lightning as L
+import yaml
 from lightning.pytorch.cli import LightningCLI
 
 DEFAULT_LOGGER = {
@@ -32,5 +36,20 @@ class CoLACLI(LightningCLI):
         )
 
 
-def main(args=None) -> None:
+def check_config_files(args: list[str]) -> None:
+    """Fails early, naming the file, on a --config path that is missing or not valid YAML."""
+    for flag, value in zip(args, args[1:], strict=False):
+        if flag not in ("--config", "-c"):
+            continue
+        path = Path(value)
+        if not path.is_file():
+            raise SystemExit(f"cola_lightning: config file not found: {path}")
+        try:
+            yaml.safe_load(path.read_text())
+        except yaml.YAMLError as error:
+            raise SystemExit(f"cola_lightning: {path} is not valid YAML:\n{error}") from None
+
+
+def main(args: list[str] | None = None) -> None:
+    check_config_files(sys.argv[1:] if args is None else args)
     CoLACLI(args=args)

@@ -124,20 +124,17 @@ def test_malformed_yaml_is_a_clear_error(tmp_path):
     path.write_text("model:\n  class_path: [unclosed\n")
     result = run_cli(["fit", "--config", str(path)], tmp_path)
     assert result.returncode != 0
-    assert "bad.yaml" in result.stderr
+    assert f"{path} is not valid YAML" in result.stderr
+    missing = run_cli(["fit", "--config", str(tmp_path / "nope.yaml")], tmp_path)
+    assert "config file not found" in missing.stderr
 
 
 def test_missing_model_path_is_a_clear_error(tmp_path):
-    result = run_cli(
-        [
-            "fit",
-            "--config",
-            str(REPO / "configs/test/latent_actions.yaml"),
-            "--model.init_args.backbone.config=null",
-            "--model.init_args.backbone.source=/no/such/model",
-        ],
-        tmp_path,
-    )
+    config = yaml.safe_load((REPO / "configs/test/latent_actions.yaml").read_text())
+    config["model"]["init_args"]["backbone"] = {"source": "/no/such/model"}
+    path = tmp_path / "missing_model.yaml"
+    path.write_text(yaml.safe_dump(config))
+    result = run_cli(["fit", "--config", str(path)], tmp_path)
     assert result.returncode != 0
     assert "Backbone path not found: /no/such/model" in result.stderr
 
