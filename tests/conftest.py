@@ -79,3 +79,32 @@ def run_cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
 @pytest.fixture(autouse=True)
 def _seed():
     L.seed_everything(0, verbose=False)
+
+
+def fit_and_save(module, path: Path, max_steps: int = 3) -> tuple[Path, dict]:
+    """Fits a stage for a few steps, saves its checkpoint, returns (path, model state copy)."""
+    trainer = tiny_trainer(max_steps=max_steps)
+    trainer.fit(module, tiny_data())
+    trainer.save_checkpoint(path)
+    return path, {k: v.clone() for k, v in module.model.state_dict().items()}
+
+
+@pytest.fixture(scope="session")
+def stage_one_checkpoint(tmp_path_factory):
+    """A tiny stage-1 checkpoint and the state it was saved with."""
+    from cola_lightning.stages.latent_actions import LatentActionModule
+
+    L.seed_everything(0, verbose=False)
+    module = LatentActionModule(tiny_spec(), cola=TINY_COLA)
+    return fit_and_save(module, tmp_path_factory.mktemp("stage1") / "stage1.ckpt")
+
+
+@pytest.fixture(scope="session")
+def stage_one_b_checkpoint(tmp_path_factory, stage_one_checkpoint):
+    """A tiny stage-1b checkpoint (from the stage-1 one) and its state."""
+    from cola_lightning.stages.behavior_cloning import BehaviorCloningModule
+
+    L.seed_everything(0, verbose=False)
+    init = str(stage_one_checkpoint[0])
+    module = BehaviorCloningModule(tiny_spec(), init_from=init, cola=TINY_COLA)
+    return fit_and_save(module, tmp_path_factory.mktemp("stage1b") / "stage1b.ckpt")

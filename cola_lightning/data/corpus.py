@@ -9,9 +9,9 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from cola_lightning.data.arithmetic import arithmetic_problems
+from cola_lightning.data.arithmetic import Problem, arithmetic_problems
 from cola_lightning.data.files import read_documents
-from cola_lightning.models.backbone import load_tokenizer
+from cola_lightning.data.tokenizer import datamodule_tokenizer
 
 
 @dataclass
@@ -30,9 +30,11 @@ class ArithmeticCorpus:
     min_steps: int = 2
     max_steps: int = 4
 
+    def problems(self) -> list[Problem]:
+        return arithmetic_problems(self.num_problems, self.seed, self.min_steps, self.max_steps)
+
     def documents(self) -> list[str]:
-        problems = arithmetic_problems(self.num_problems, self.seed, self.min_steps, self.max_steps)
-        return [problem.text for problem in problems]
+        return [problem.text for problem in self.problems()]
 
 
 class PackedSequences(Dataset):
@@ -120,23 +122,13 @@ class TextCorpusDataModule(L.LightningDataModule):
             )
         return [doc for path in self.files for doc in read_documents(path, self.text_field)]
 
-    def tokenizer(self):
-        if self.tokenizer_name is not None:
-            return load_tokenizer(self.tokenizer_name)
-        module = self.trainer.lightning_module if self.trainer is not None else None
-        if module is None or not hasattr(module, "tokenizer"):
-            raise ValueError(
-                "No tokenizer: set the data module's `tokenizer` or attach a CoLA stage."
-            )
-        return module.tokenizer
-
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
             return
         documents = self.documents()
         random.Random(self.split_seed).shuffle(documents)
         num_val = max(1, round(len(documents) * self.val_fraction))
-        tokenizer = self.tokenizer()
+        tokenizer = datamodule_tokenizer(self, self.tokenizer_name)
         splits = {}
         for name, docs in (("val", documents[:num_val]), ("train", documents[num_val:])):
             ids = tokenizer(docs, add_special_tokens=False)["input_ids"] if docs else []

@@ -23,6 +23,12 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from cola_lightning.models.adapters import (
+    LoraSpec,
+    apply_lora,
+    is_adapter_key,
+    quantize_linear_layers,
+)
 from cola_lightning.models.tokenizer import BYTE_TOKENIZER, byte_tokenizer, ensure_pad_token
 
 EMBEDDED_PREFIX = "embedded:"
@@ -46,13 +52,18 @@ class BackboneSpec:
         config: an inline HF config (must name ``model_type``) for a random-init backbone.
         tokenizer: where the tokenizer comes from; defaults to `source`. ``bytes`` is the built-in
             byte-level tokenizer that tiny random test models use.
-        dtype: ``float32``, ``bfloat16`` or ``float16``.
+        dtype: ``float32``, ``bfloat16`` or ``float16`` (also the compute dtype of k-bit layers).
+        quantization: ``nf4`` or ``int8`` base weights for the decoder layers (bitsandbytes);
+            with `lora` set this is QLoRA. Quantised weights are frozen: train them through LoRA.
+        lora: LoRA adapters on the decoder layers; when the backbone is trained, only they are.
     """
 
     source: str | None = None
     config: dict[str, Any] | None = None
     tokenizer: str | None = None
     dtype: str = "float32"
+    quantization: str | None = None
+    lora: LoraSpec | None = None
 
     def __post_init__(self) -> None:
         if (self.source is None) == (self.config is None):
@@ -60,6 +71,8 @@ class BackboneSpec:
                 "A backbone needs exactly one of `source` (embedded:smollm2-135m, a directory, a "
                 "hub id or a .gguf file) and `config` (an inline HF config for a random model)."
             )
+        if isinstance(self.lora, dict):
+            self.lora = LoraSpec(**self.lora)
         if self.dtype not in DTYPES:
             raise ValueError(f"Unknown backbone dtype {self.dtype!r}; use one of {list(DTYPES)}.")
         if self.config is not None and "model_type" not in self.config:
@@ -150,12 +163,38 @@ class Backbone(nn.Module):
     def __init__(self, lm: PreTrainedModel, trainable: bool = False) -> None:
         super().__init__()
         self.lm = lm
-        self.trainable = trainable
-        self.lm.requires_grad_(trainable)
+        self.requires_grad_(trainable)
 
     @classmethod
     def from_spec(cls, spec: BackboneSpec, trainable: bool = False) -> Backbone:
-        return cls(load_causal_lm(spec), trainable=trainable)
+        """Loads the LM and adds what the spec asks for (k-bit weights, LoRA adapters)."""
+        return cls(load_causal_lm(spec)).adapt(spec, trainable)
+
+    def adapt(self, spec: BackboneSpec, trainable: bool = False) -> Backbone:
+        """Quantises the decoder layers and injects LoRA adapters as `spec` says, in place.
+
+        Kept apart from loading so a checkpoint of the plain model can be loaded in between.
+        """
+        if spec.quantization is not None:
+            layers = self.decoder.layers
+            quantize_linear_layers(layers, spec.quantization, DTYPES[spec.dtype])
+        if spec.lora is not None:
+            apply_lora(self.lm, spec.lora)
+        return self.requires_grad_(trainable)
+
+    @property
+    def has_adapters(self) -> bool:
+        return any(is_adapter_key(name) for name, _ in self.named_parameters())
+
+    def requires_grad_(self, requires_grad: bool = True) -> Backbone:
+        """Trains the adapters only when there are any, else every floating-point weight."""
+        self.trainable = requires_grad
+        adapters = self.has_adapters
+        for name, parameter in self.named_parameters():
+            trainable = requires_grad and (is_adapter_key(name) or not adapters)
+            if parameter.is_floating_point():
+                parameter.requires_grad_(trainable)
+        return self
 
     @property
     def config(self):

@@ -13,8 +13,22 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from cola_lightning.models.adapters import is_adapter_key
+
 STATE_PREFIX = "model."  # the attribute under which every stage holds its CoLAModel
 BACKBONE_PREFIX = "backbone."
+COLA_WEIGHTS = "cola.safetensors"  # the latent parts in an export directory (models/export.py)
+
+
+def is_export_dir(path: str | Path) -> bool:
+    return (Path(path) / COLA_WEIGHTS).is_file()
+
+
+def read_export_state(path: str | Path) -> dict[str, torch.Tensor]:
+    """The latent parts' tensors of an export directory."""
+    from safetensors.torch import load_file
+
+    return load_file(str(Path(path) / COLA_WEIGHTS))
 
 
 def read_checkpoint(path: str | Path) -> dict:
@@ -54,18 +68,36 @@ def check_state_keys(expected: set[str], found: set[str], optional: set[str], so
         )
 
 
-def load_stage_checkpoint(model: nn.Module, path: str | Path) -> list[str]:
-    """Loads a stage checkpoint into `model` (a CoLAModel) and returns the keys it loaded.
+def load_stage_checkpoint(model: nn.Module, path: str | Path) -> dict[str, torch.Tensor]:
+    """Loads a stage checkpoint (or an export directory) into a plain CoLAModel.
 
-    Backbone tensors are optional (absent when the backbone was frozen and reloadable from its
-    source); every other tensor must be present and match in shape.
+    The model must not have LoRA adapters or k-bit layers yet: base weights are loaded under
+    their plain names (a LoRA layer's ``base_layer`` is dropped from the name), and the adapter
+    tensors are returned for the caller to load once the adapters exist. Backbone tensors are
+    optional (absent when the backbone was frozen and reloadable from its source, or in an
+    export, whose backbone is the `source` itself); every other tensor must be present and match.
     """
-    state = model_state(read_checkpoint(path))
+    exported = is_export_dir(path)
+    state = read_export_state(path) if exported else model_state(read_checkpoint(path))
+    adapters = {k: v for k, v in state.items() if is_adapter_key(k)}
+    base = {k.replace(".base_layer", ""): v for k, v in state.items() if not is_adapter_key(k)}
     expected = set(model.state_dict())
     backbone_keys = {key for key in expected if key.startswith(BACKBONE_PREFIX)}
-    check_state_keys(expected, set(state), optional=backbone_keys, source=str(path))
-    model.load_state_dict(state, strict=False)
-    return sorted(state)
+    check_state_keys(expected, set(base), optional=backbone_keys, source=str(path))
+    model.load_state_dict(base, strict=False)
+    return adapters
+
+
+def load_adapters(model: nn.Module, adapters: dict[str, torch.Tensor], source: str) -> None:
+    """Loads LoRA adapter tensors into a model that has the same adapters."""
+    expected = {k for k in model.state_dict() if is_adapter_key(k)}
+    if not expected:
+        raise KeyError(
+            f"{source} holds LoRA adapters but this backbone has none: give the backbone the same "
+            "`lora` settings as the stage that trained them (or export, which merges them)."
+        )
+    check_state_keys(expected, set(adapters), set(), source)
+    model.load_state_dict(adapters, strict=False)
 
 
 def _preview(keys: list[str], limit: int = 5) -> str:

@@ -14,11 +14,18 @@ import lightning as L
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from cola_lightning.models.backbone import Backbone, BackboneSpec, load_tokenizer
+from cola_lightning.models.adapters import is_adapter_key
+from cola_lightning.models.backbone import (
+    Backbone,
+    BackboneSpec,
+    load_causal_lm,
+    load_tokenizer,
+)
 from cola_lightning.models.checkpoint import (
     BACKBONE_PREFIX,
     STATE_PREFIX,
     check_state_keys,
+    load_adapters,
     load_stage_checkpoint,
 )
 from cola_lightning.models.cola import CoLAConfig, CoLAModel
@@ -51,12 +58,13 @@ class CoLAStage(L.LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.backbone_spec = backbone
-        self.cola_config = cola or CoLAConfig()
-        self.optimizer_config = optimizer or OptimizerConfig()
+        # Checkpoints store these as plain dicts; `load_from_checkpoint` hands them back so.
+        self.backbone_spec = _as(BackboneSpec, backbone)
+        self.cola_config = _as(CoLAConfig, cola) or CoLAConfig()
+        self.optimizer_config = _as(OptimizerConfig, optimizer) or self.default_optimizer()
         self.init_from = init_from
         self.sample_tokens = sample_tokens
-        self.tokenizer = load_tokenizer(backbone.tokenizer_name)
+        self.tokenizer = load_tokenizer(self.backbone_spec.tokenizer_name)
         self.model: CoLAModel | None = None
         # Lightning's own strict check cannot know that a frozen backbone is left out on purpose;
         # `on_load_checkpoint` checks instead, and just as strictly.
@@ -65,6 +73,11 @@ class CoLAStage(L.LightningModule):
 
     # -- model ---------------------------------------------------------------------------------
 
+    @staticmethod
+    def default_optimizer() -> OptimizerConfig:
+        """The stage's published optimiser settings (stage 1's unless a stage says otherwise)."""
+        return OptimizerConfig()
+
     @property
     def trains_backbone(self) -> bool:
         return "backbone" in self.trained_parts
@@ -72,30 +85,43 @@ class CoLAStage(L.LightningModule):
     def configure_model(self) -> None:
         if self.model is not None:
             return
-        backbone = Backbone.from_spec(self.backbone_spec, trainable=self.trains_backbone)
-        self.model = CoLAModel(backbone, self.cola_config)
-        if self.init_from:
-            load_stage_checkpoint(self.model, self.init_from)
+        spec = self.backbone_spec
+        if self.trains_backbone and spec.quantization is not None and spec.lora is None:
+            raise ValueError(
+                f"Quantised ({spec.quantization}) base weights cannot be trained directly: add "
+                "`lora` to the backbone (QLoRA) or drop `quantization`."
+            )
+        self.model = CoLAModel(Backbone(load_causal_lm(spec)), self.cola_config)
+        adapters = load_stage_checkpoint(self.model, self.init_from) if self.init_from else {}
+        self.model.backbone.adapt(spec)
+        if adapters:
+            load_adapters(self.model, adapters, self.init_from)
         self.model.requires_grad_(False)
         for part in self.trained_parts:
             getattr(self.model, part).requires_grad_(True)
 
-    def _checkpoint_skips_backbone(self) -> bool:
-        """A frozen backbone from a source is reloaded from there, not stored in every ckpt."""
-        return self.backbone_spec.source is not None and not self.trains_backbone
+    def left_out_of_checkpoint(self, key: str) -> bool:
+        """Frozen backbone weights that can be reloaded from the source are not stored.
+
+        That is every backbone weight in stages that freeze it, and the base weights under LoRA;
+        adapters and fully fine-tuned weights are always stored.
+        """
+        if not key.startswith(FROZEN_BACKBONE_KEYS) or self.backbone_spec.source is None:
+            return False
+        if is_adapter_key(key):
+            return False
+        return not self.trains_backbone or self.backbone_spec.lora is not None
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        if self._checkpoint_skips_backbone():
-            state = checkpoint["state_dict"]
-            for key in [k for k in state if k.startswith(FROZEN_BACKBONE_KEYS)]:
-                del state[key]
+        checkpoint["cola_stage"] = f"{type(self).__module__}.{type(self).__qualname__}"
+        state = checkpoint["state_dict"]
+        for key in [k for k in state if self.left_out_of_checkpoint(k)]:
+            del state[key]
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.configure_model()
         expected = set(self.state_dict())
-        optional = set()
-        if self._checkpoint_skips_backbone():
-            optional = {k for k in expected if k.startswith(FROZEN_BACKBONE_KEYS)}
+        optional = {k for k in expected if self.left_out_of_checkpoint(k)}
         check_state_keys(expected, set(checkpoint["state_dict"]), optional, "The checkpoint")
 
     # -- optimisation --------------------------------------------------------------------------
@@ -130,6 +156,12 @@ class CoLAStage(L.LightningModule):
             return self.model.inverse_dynamics.code_logits(hidden, batch["attention_mask"]).argmax(
                 -1
             )
+
+    def policy_codes(self, hidden: torch.Tensor, batch: dict) -> torch.Tensor:
+        """The policy's argmax codes (B, T-1), without autograd."""
+        with torch.no_grad():
+            logits, _ = self.model.policy_logits(hidden, batch["attention_mask"])
+        return logits[:, :-1].argmax(-1)
 
     def world_model_nll(
         self, hidden: torch.Tensor, codes: torch.Tensor, batch: dict
@@ -179,3 +211,8 @@ class CoLAStage(L.LightningModule):
             token = self.tokenizer.decode(token_ids[step + 1 : step + 2])
             pieces.append(f"{token}⟨{int(codes[step])}⟩")
         writer.add_text(tag, "".join(pieces).replace("\n", "  \n"), self.global_step)
+
+
+def _as(cls, value):
+    """`value` as a `cls` dataclass when it is a dict (as checkpoints store it), else as is."""
+    return cls(**value) if isinstance(value, dict) else value

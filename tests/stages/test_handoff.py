@@ -1,6 +1,5 @@
 """Stage hand-off: stage-1 checkpoint into stage 1b; loud failures on mismatched checkpoints."""
 
-import lightning as L
 import pytest
 import torch
 
@@ -8,17 +7,6 @@ from cola_lightning.models.checkpoint import load_stage_checkpoint
 from cola_lightning.stages.behavior_cloning import BehaviorCloningModule
 from cola_lightning.stages.latent_actions import LatentActionModule
 from tests.conftest import TINY_COLA, tiny_data, tiny_model, tiny_spec, tiny_trainer
-
-
-@pytest.fixture(scope="module")
-def stage_one_checkpoint(tmp_path_factory):
-    L.seed_everything(0, verbose=False)
-    module = LatentActionModule(tiny_spec(), cola=TINY_COLA)
-    trainer = tiny_trainer(max_steps=3)
-    trainer.fit(module, tiny_data())
-    path = tmp_path_factory.mktemp("stage1") / "stage1.ckpt"
-    trainer.save_checkpoint(path)
-    return path, {k: v.clone() for k, v in module.model.state_dict().items()}
 
 
 def test_stage_one_checkpoint_into_behavior_cloning(stage_one_checkpoint):

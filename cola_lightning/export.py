@@ -1,0 +1,44 @@
+"""Export a stage checkpoint as a Hugging Face-style directory.
+
+    python -m cola_lightning.export --checkpoint checkpoints/quickstart/action_guided/last.ckpt \
+        --out exports/quickstart
+
+The stage is rebuilt from the checkpoint's own hyper-parameters (its `init_from` must still exist),
+LoRA is merged, and the directory loads back with `init_from: <out>` and `source: <out>`, while its
+backbone alone loads with `transformers.AutoModelForCausalLM.from_pretrained(<out>)`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+
+from cola_lightning.models.checkpoint import read_checkpoint
+from cola_lightning.models.export import export_cola
+
+STAGE_KEY = "cola_stage"  # written by CoLAStage.on_save_checkpoint: the stage's class path
+
+
+def load_stage(checkpoint_path: str):
+    """The stage module a checkpoint was written by, with its weights."""
+    checkpoint = read_checkpoint(checkpoint_path)
+    if STAGE_KEY not in checkpoint:
+        raise ValueError(f"{checkpoint_path} was not written by a cola_lightning stage.")
+    module_name, class_name = checkpoint[STAGE_KEY].rsplit(".", 1)
+    stage = getattr(importlib.import_module(module_name), class_name)
+    # Our own checkpoints carry hyper-parameter dataclasses, so they are not weights-only.
+    return stage.load_from_checkpoint(checkpoint_path, map_location="cpu", weights_only=False)
+
+
+def main(args: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--checkpoint", required=True, help="a stage's .ckpt file")
+    parser.add_argument("--out", required=True, help="a new (or empty) directory")
+    parsed = parser.parse_args(args)
+    stage = load_stage(parsed.checkpoint)
+    out = export_cola(stage.model, stage.tokenizer, parsed.out)
+    print(f"exported to {out}")
+
+
+if __name__ == "__main__":
+    main()
