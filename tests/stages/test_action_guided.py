@@ -9,6 +9,7 @@ from transformers import AutoModelForCausalLM
 from cola_lightning.data.corpus import ArithmeticCorpus
 from cola_lightning.data.sft import PromptResponseDataModule
 from cola_lightning.export import load_stage
+from cola_lightning.export import main as export_main
 from cola_lightning.models.adapters import LoraSpec
 from cola_lightning.models.export import export_cola, load_cola_export
 from cola_lightning.stages.action_guided import ActionGuidedFinetuneModule
@@ -122,6 +123,10 @@ def test_export_round_trip(stage_one_b_checkpoint, tmp_path):
         torch.testing.assert_close(plain(ids).logits, exported.base_logits(hidden))
     with pytest.raises(FileExistsError, match="not empty"):
         export_cola(exported, reloaded_stage.tokenizer, tmp_path / "export")
+
+    export_main(["--checkpoint", str(ckpt), "--out", str(tmp_path / "from_cli")])
+    names = {p.name for p in (tmp_path / "from_cli").iterdir()}
+    assert {"config.json", "model.safetensors", "cola.safetensors", "tokenizer.json"} <= names
 
 
 def test_action_guided_requires_init_from():
