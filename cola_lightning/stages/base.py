@@ -140,8 +140,12 @@ class CoLAStage(L.LightningModule):
 
     def on_train_batch_end(self, outputs, batch: dict, batch_idx: int) -> None:
         elapsed = time.perf_counter() - self._step_started
-        tokens = batch["attention_mask"].sum().item()
+        tokens = self.batch_tokens(batch)
         self.log("perf/tokens_per_s", tokens / max(elapsed, 1e-9), on_step=True, on_epoch=False)
+
+    def batch_tokens(self, batch) -> int:
+        """Tokens a training step processed, for `perf/tokens_per_s`."""
+        return int(batch["attention_mask"].sum())
 
     # -- shared pieces of the steps -------------------------------------------------------------
 

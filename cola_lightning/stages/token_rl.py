@@ -1,0 +1,45 @@
+"""The token-level RL baseline: the same algorithms with tokens as actions on the plain backbone.
+
+Shares data, rewards, generation, objectives and logging with `LatentRLModule`, so the comparison
+is fair: only what an action is changes. The backbone learns (fully, or through LoRA adapters); the
+latent parts of the CoLA model are carried along unused. The reference for the KL penalty is a
+frozen copy of the starting backbone.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from cola_lightning.rollout.engine import GenerationConfig
+from cola_lightning.rollout.sampling import Sampler
+from cola_lightning.stages.optim import OptimizerConfig
+from cola_lightning.stages.rl import RLStage, gather_logprobs
+
+
+class TokenRLModule(RLStage):
+    """RL over tokens (the baseline CoLA is compared with). Same arguments as `RLStage`."""
+
+    trained_parts = ("backbone",)
+    latent = False
+
+    @staticmethod
+    def default_optimizer() -> OptimizerConfig:
+        return OptimizerConfig(lr=5e-7, min_lr=5e-7, warmup_steps=0)
+
+    @staticmethod
+    def default_generation() -> GenerationConfig:
+        return GenerationConfig(max_new_tokens=64, token=Sampler(temperature=1.0))
+
+    def action_logprobs(self, batch, with_reference):
+        args = (batch.input_ids, batch.attention_mask, batch.position_ids)
+        hidden, _ = self.model.hidden_states(*args)
+        logprobs, entropy = gather_logprobs(
+            self.model.base_logits(hidden), batch.actions, self.temperature
+        )
+        reference = None
+        if with_reference:
+            with torch.no_grad():
+                ref_hidden, _ = self.reference(*args)
+                ref_logits = self.reference.lm_head(ref_hidden)
+            reference, _ = gather_logprobs(ref_logits, batch.actions, self.temperature)
+        return logprobs, entropy, reference

@@ -1,0 +1,202 @@
+"""Stage 3: what RL trains, the objectives' algebra, a toy task it must learn, reward failures."""
+
+import pytest
+import torch
+from cola_lightning.rewards.registry import RewardSpec
+
+from cola_lightning.data.tasks import TaskPromptDataModule
+from cola_lightning.rollout.engine import GenerationConfig, Generator
+from cola_lightning.rollout.sampling import Sampler
+from cola_lightning.stages import rl_objectives as objectives
+from cola_lightning.stages.optim import OptimizerConfig
+from cola_lightning.stages.rl import LatentRLModule, RLConfig, action_batch
+from cola_lightning.stages.token_rl import TokenRLModule
+from tests.conftest import TINY_COLA, tiny_spec, tiny_trainer
+
+TARGET = {"text": None}
+
+
+def length_reward(prompt: str, response: str, example: dict) -> float:
+    return len(set(response)) / 8.0
+
+
+def raising_reward(prompt: str, response: str, example: dict) -> float:
+    if len(set(response)) % 2:
+        raise ValueError("odd responses are not graded")
+    return 1.0
+
+
+def target_reward(prompt: str, response: str, example: dict) -> float:
+    return float(response == TARGET["text"])
+
+
+def task_data(batch_size: int = 2) -> TaskPromptDataModule:
+    return TaskPromptDataModule(
+        task="arithmetic", num_problems=24, tokenizer="bytes", batch_size=batch_size, val_size=4
+    )
+
+
+def latent_rl(init_from, reward="tests.stages.test_rl:length_reward", **rl) -> LatentRLModule:
+    module = LatentRLModule(
+        tiny_spec(),
+        init_from=str(init_from),
+        cola=TINY_COLA,
+        optimizer=OptimizerConfig(lr=1e-2, min_lr=1e-2, warmup_steps=0),
+        rl=RLConfig(**rl),
+        rewards=[RewardSpec(reward)],
+        accuracy_reward="arithmetic",
+        generation=GenerationConfig(max_new_tokens=6),
+    )
+    module.configure_model()
+    return module
+
+
+def test_group_advantages_are_zero_mean_per_group():
+    rewards = torch.tensor([1.0, 0.0, 0.0, 1.0, 0.5, 0.5, 0.5, 0.5])
+    advantages = objectives.group_advantages(rewards, 4)
+    assert torch.allclose(advantages.view(2, 4).mean(-1), torch.zeros(2), atol=1e-6)
+    assert torch.equal(advantages[4:], torch.zeros(4))  # identical rewards: no signal
+    assert advantages[0] > 0 > advantages[1]
+
+
+def test_first_pass_of_ppo_clip_is_the_policy_gradient():
+    logits = torch.randn(3, 5, 4, requires_grad=True)
+    actions = torch.randint(0, 4, (3, 5))
+    mask = torch.rand(3, 5) > 0.3
+    advantages = torch.tensor([1.0, -0.5, 2.0])
+    logprobs = torch.log_softmax(logits, -1).gather(-1, actions[..., None])[..., 0]
+    loss, clip_frac = objectives.clipped_policy_loss(logprobs, logprobs.detach(), advantages, mask)
+    (grad_ppo,) = torch.autograd.grad(loss, logits)
+    pg = -objectives.sequence_mean(advantages[:, None] * logprobs, mask)
+    (grad_pg,) = torch.autograd.grad(pg, logits)
+    torch.testing.assert_close(grad_ppo, grad_pg)
+    torch.testing.assert_close(loss, pg)
+    assert clip_frac == 0
+    zero = objectives.kl_to_reference(logprobs, logprobs.detach(), mask)
+    assert zero.item() == 0.0
+
+
+def test_identical_rewards_give_zero_policy_gradient(stage_one_b_checkpoint):
+    module = latent_rl(stage_one_b_checkpoint[0], kl_coef=0.0)
+    data = task_data()
+    data.setup()
+    records = [r for r in data.splits["train"][:2] for _ in range(4)]
+    rollout, _, _ = module.rollout(records, module.generation)
+    batch = action_batch(rollout, True, 256, "cpu")
+    advantages = objectives.group_advantages(torch.ones(8), 4)
+    stats = module.policy_step(batch, advantages)
+    stats["loss"].backward()
+    grads = [p.grad for p in module.model.policy.parameters()]
+    assert all(g is None or torch.count_nonzero(g) == 0 for g in grads)
+
+
+@pytest.mark.parametrize("algorithm", ["grpo", "remax", "ppo"])
+def test_only_the_policy_learns_and_the_reference_stays(stage_one_b_checkpoint, algorithm):
+    rl = {"algorithm": algorithm, "epochs": 2 if algorithm == "ppo" else 1}
+    module = latent_rl(stage_one_b_checkpoint[0], **rl)
+    before = {k: v.clone() for k, v in module.model.state_dict().items()}
+    reference = {k: v.clone() for k, v in module.reference.state_dict().items()}
+    trainer = tiny_trainer(max_steps=2, log_every_n_steps=1, limit_val_batches=1)
+    trainer.fit(module, task_data())
+    after = module.model.state_dict()
+    changed = {k for k in after if not torch.equal(after[k], before[k])}
+    assert changed and all(k.startswith("policy.") for k in changed)
+    for key, value in module.reference.state_dict().items():
+        assert torch.equal(value, reference[key])
+    metrics = trainer.callback_metrics
+    for tag in (
+        "rl/reward_mean",
+        "rl/reward_std",
+        "rl/kl",
+        "rl/policy_entropy",
+        "rl/clip_frac",
+        "timing/rollout_s",
+        "timing/update_s",
+        "val/accuracy",
+        "perf/tokens_per_s",
+    ):
+        assert tag in metrics, tag
+
+
+def test_kl_is_zero_at_the_first_step(stage_one_b_checkpoint):
+    module = latent_rl(stage_one_b_checkpoint[0])
+    trainer = tiny_trainer(max_steps=1, log_every_n_steps=1, limit_val_batches=0)
+    trainer.fit(module, task_data())
+    assert trainer.callback_metrics["rl/kl"].item() == 0.0
+
+
+def target_probability(module, prompt_ids, codes) -> float:
+    ids = torch.tensor([prompt_ids])
+    with torch.no_grad():
+        engine = Generator(module.model, module.tokenizer, module.greedy_config())
+        rollout = engine.generate([prompt_ids], codes=[codes])
+        full = torch.tensor([prompt_ids + rollout.token_ids[0]])
+        hidden, _ = module.model.hidden_states(full)
+        logits, _ = module.model.policy(hidden)
+    steps = logits[0, ids.shape[1] - 1 : ids.shape[1] - 1 + len(codes)]
+    return (
+        torch.log_softmax(steps, -1)[torch.arange(len(codes)), torch.tensor(codes)]
+        .sum()
+        .exp()
+        .item()
+    )
+
+
+def test_grpo_learns_the_one_rewarded_code_sequence(stage_one_b_checkpoint):
+    torch.manual_seed(0)
+    module = latent_rl(
+        stage_one_b_checkpoint[0],
+        reward="tests.stages.test_rl:target_reward",
+        group_size=8,
+        kl_coef=0.0,
+    )
+    module.generation = GenerationConfig(max_new_tokens=3, token=Sampler(greedy=True))
+    data = TaskPromptDataModule(
+        task="arithmetic", num_problems=8, tokenizer="bytes", batch_size=1, val_size=1
+    )
+    data.setup()
+    prompt = data.splits["train"][0]["prompt"]
+    data.splits["train"] = [data.splits["train"][0]] * 64  # one prompt, many steps
+    prompt_ids = module.tokenizer(prompt, add_special_tokens=False).input_ids
+    target = [1, 6, 3]
+    engine = Generator(module.model, module.tokenizer, module.greedy_config())
+    TARGET["text"] = engine.generate([prompt_ids], codes=[target]).texts[0]
+    start = target_probability(module, prompt_ids, target)
+    tiny_trainer(max_steps=40, limit_val_batches=0).fit(module, data)
+    end = target_probability(module, prompt_ids, target)
+    assert end > max(5 * start, 0.3), (start, end)
+
+
+def test_a_raising_reward_is_counted_and_training_goes_on(stage_one_b_checkpoint):
+    module = latent_rl(stage_one_b_checkpoint[0], reward="tests.stages.test_rl:raising_reward")
+    trainer = tiny_trainer(max_steps=2, log_every_n_steps=1, limit_val_batches=0)
+    trainer.fit(module, task_data())
+    assert trainer.global_step == 2
+    assert trainer.callback_metrics["rl/reward_errors"].item() > 0
+
+
+def test_a_raising_reward_fails_fast_when_asked(stage_one_b_checkpoint):
+    module = latent_rl(stage_one_b_checkpoint[0], reward="tests.stages.test_rl:raising_reward")
+    module.reward.fail_fast = True
+    with pytest.raises(RuntimeError, match="raising_reward"):
+        tiny_trainer(max_steps=2, limit_val_batches=0).fit(module, task_data())
+
+
+def test_token_rl_trains_only_the_backbone(stage_one_b_checkpoint):
+    module = TokenRLModule(
+        tiny_spec(),
+        init_from=str(stage_one_b_checkpoint[0]),
+        cola=TINY_COLA,
+        optimizer=OptimizerConfig(lr=1e-3, min_lr=1e-3, warmup_steps=0),
+        rewards=[RewardSpec("tests.stages.test_rl:length_reward")],
+        accuracy_reward="arithmetic",
+        generation=GenerationConfig(max_new_tokens=6, token=Sampler(temperature=1.0)),
+    )
+    module.configure_model()
+    before = {k: v.clone() for k, v in module.model.state_dict().items()}
+    trainer = tiny_trainer(max_steps=1, log_every_n_steps=1, limit_val_batches=1)
+    trainer.fit(module, task_data())
+    after = module.model.state_dict()
+    changed = {k for k in after if not torch.equal(after[k], before[k])}
+    assert changed and all(k.startswith("backbone.") for k in changed)
+    assert trainer.callback_metrics["rl/kl"].item() == 0.0
