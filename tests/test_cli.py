@@ -22,6 +22,18 @@ STAGE_ONE_TAGS = {
     "val/wm_nll",
     "val/base_nll",
 }
+RL_TAGS = {
+    "rl/reward_mean",
+    "rl/reward_std",
+    "rl/reward_errors",
+    "rl/kl",
+    "rl/policy_entropy",
+    "rl/clip_frac",
+    "timing/rollout_s",
+    "timing/update_s",
+    "perf/tokens_per_s",
+    "val/accuracy",
+}
 BEHAVIOR_CLONING_TAGS = {
     "train/loss",
     "bc/accuracy",
@@ -53,7 +65,18 @@ def test_runs(tmp_path_factory):
     fit("configs/test/latent_actions.yaml", cwd)
     fit("configs/test/behavior_cloning.yaml", cwd)
     fit("configs/test/action_guided.yaml", cwd)
+    fit("configs/test/latent_rl.yaml", cwd)
+    fit("configs/test/token_rl.yaml", cwd)
     return cwd
+
+
+@pytest.mark.parametrize("kind", ["latent", "token"])
+def test_rl_logs(test_runs, kind):
+    events = read_events(test_runs / f"runs/test/{kind}_rl/version_0")
+    tags = set(events.Tags()["scalars"])
+    assert RL_TAGS <= tags, RL_TAGS - tags
+    assert [e.step for e in events.Scalars("rl/reward_mean")] == [0, 1, 2]
+    assert 0.0 <= events.Scalars("val/accuracy")[-1].value <= 1.0
 
 
 def test_action_guided_logs_and_saves_only_adapters_of_frozen_base(test_runs):
