@@ -13,104 +13,14 @@ import re
 from decimal import Decimal, InvalidOperation
 from fractions import Fraction
 
-# -- extraction ------------------------------------------------------------------------------------
+from cola_lightning.rewards.format import MATH_WORDS, stated_answer
 
-_BOXED = re.compile(r"\\(?:boxed|fbox)\b\s*")
-# A markdown "#### Step 1" heading is not an answer: the line must not open with a word.
-_HASHES = re.compile(r"(?<!#)####(?!#)[ \t]*(?![A-Za-z]{2})(.+)")
-_ANSWER_IS = re.compile(r"\banswer\s+is\b[\s:*_]*(.+)", re.IGNORECASE)
-_ANSWER_LINE = re.compile(r"\banswer\b[*_ \t]*:[\s*_]*(.+)", re.IGNORECASE)
-_A_LINE = re.compile(r"^[ \t>*_]*A[ \t]*:[\s*_]*(.+)", re.MULTILINE)
 # Thousands groups first so 1,234 stays whole; the lookbehinds keep "x2" and "5-3" from
 # yielding "2" and "-3".
 _NUMBER = re.compile(
     r"(?<![\w.)\]}])-?(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?:\.\d+)?(?:/\d+(?:\.\d+)?)?"
     r"|(?<![\w.)\]}])-?\.\d+"
 )
-# Where a sentence stating the answer ends: a full stop (not a decimal point), or a clause.
-_SENTENCE_END = re.compile(
-    r"\.(?:\s|$)|,?\s+(?:because|since|which|so|but|hence|thus|therefore|where|as)\b"
-)
-
-
-def _braced(text: str, start: int) -> str | None:
-    """The `{...}` group opening at `start` (nested braces balanced), or None if unclosed."""
-    depth = 0
-    for i in range(start, len(text)):
-        if text[i] == "{":
-            depth += 1
-        elif text[i] == "}":
-            depth -= 1
-            if depth == 0:
-                return text[start + 1 : i]
-    return None
-
-
-def _last_boxed(text: str) -> str | None:
-    """Content of the last non-empty `\\boxed{}` / `\\fbox{}` (or `\\boxed 5`)."""
-    for match in reversed(list(_BOXED.finditer(text))):
-        end = match.end()
-        if text.startswith("{", end):
-            content = _braced(text, end)
-        else:
-            bare = re.match(r"[^\s$]+", text[end:])
-            content = bare.group(0) if bare else None
-        if content and content.strip():
-            return content
-    return None
-
-
-def _clean(answer: str) -> str:
-    """Strip markdown emphasis, closing punctuation and `$` / `\\(` / `\\[` delimiters."""
-    previous = None
-    while answer != previous:
-        previous = answer
-        answer = answer.strip().strip("*_").strip()
-        # "!" only after a non-digit: "18!" may be a factorial, "$18$!" is emphasis.
-        answer = re.sub(r"(?:[.,;:]|(?<=\D)!)+$", "", answer).strip()
-        answer = re.sub(r"^(?:\$+|\\[(\[])|(?:\$+|\\[)\]])$", "", answer)
-    return answer
-
-
-def _statement(text: str) -> str:
-    """The answer part of "The answer is X. I hope..." style text: up to the sentence's end."""
-    cut = _SENTENCE_END.search(text)
-    # An empty head ("what the answer is. First, ...") means this sentence states no answer.
-    return _clean(text[: cut.start()] if cut else text)
-
-
-def _last_statement(pattern: re.Pattern[str], text: str) -> tuple[int, str] | None:
-    """(position, answer) of the last match of `pattern` with a non-empty answer."""
-    for match in reversed(list(pattern.finditer(text))):
-        answer = _statement(match.group(1))
-        if answer:
-            return match.start(), answer
-    return None
-
-
-def marked_answer(response: str, short_label: bool = True) -> str | None:
-    """The answer a response states in a recognised form, without the last-number fallback.
-
-    Args:
-        response: model output.
-        short_label: also accept an `A:` line (few-shot "Q: ... A: ..." style).
-
-    Returns:
-        The last `\\boxed{}`, else the last `####` line, else the last "the answer is ...",
-        else the last `Answer:` (or `A:`) line; None when the response states none of them.
-    """
-    boxed = _last_boxed(response)
-    if boxed is not None:
-        return _clean(boxed) or None
-    for pattern in (_HASHES, _ANSWER_IS):
-        found = _last_statement(pattern, response)
-        if found:
-            return found[1]
-    labelled = [_last_statement(_ANSWER_LINE, response)]
-    if short_label:
-        labelled.append(_last_statement(_A_LINE, response))
-    labelled = [found for found in labelled if found]
-    return max(labelled)[1] if labelled else None
 
 
 def extract_answer(response: str) -> str | None:
@@ -122,22 +32,20 @@ def extract_answer(response: str) -> str | None:
     """
     if not isinstance(response, str):
         return None
-    marked = marked_answer(response)
+    response = response.replace("\u2212", "-")  # the Unicode minus sign
+    marked = stated_answer(response)
     if marked:
         return marked
     numbers = _NUMBER.findall(response)
     return numbers[-1] if numbers else None
 
 
-# -- normalisation ---------------------------------------------------------------------------------
-
 _TEXT_CMD = r"\\(?:text|textrm|textbf|textit|mbox|mathrm|mathbf|emph)\s*"
 _TRAILING_UNIT = re.compile(_TEXT_CMD + r"\{[^{}]*\}\s*(?:\^\s*\{?\d\}?)?\s*$")
 _SHORT_UNITS = {"cm", "mm", "km", "kg", "mg", "ft", "in", "yd", "mi", "lb", "lbs", "oz", "ml"}
 _SHORT_UNITS |= {"m", "g", "s", "h", "hr", "min", "sq"}
-_MATH_WORDS = {"pi", "sqrt", "sin", "cos", "tan", "cot", "sec", "csc", "log", "ln", "exp"}
-_MATH_WORDS |= {"infty", "inf", "infinity", "or", "and", "mod", "cup", "cap", "in"}
-_TRAILING_WORDS = re.compile(r"(?<=[\d)\]}])\s+((?:[A-Za-z]+\.?\s*)+)(?:\^\s*\{?\d\}?)?$")
+# Words separated by required spaces: "[A-Za-z]+\s*" repeated would backtrack exponentially.
+_TRAILING_WORDS = re.compile(r"(?<=[\d)\]}])\s+([A-Za-z]+\.?(?:\s+[A-Za-z]+\.?)*)(?:\^\{?\d\}?)?$")
 _LEADING_WORDS = re.compile(r"^((?:[A-Za-z]+\s+)+)(?=[-.\d])")
 _CHOICE = re.compile(r"\(?([A-Ea-e])\)?(?:[\s:.)]|$)")
 
@@ -146,7 +54,7 @@ def _is_unit_words(words: str) -> bool:
     """True for natural-language words after a number ("dollars", "sq ft"), not math ("pi")."""
     tokens = [token.rstrip(".").lower() for token in words.split()]
     return bool(tokens) and all(
-        token not in _MATH_WORDS and (len(token) >= 3 or token in _SHORT_UNITS) for token in tokens
+        token not in MATH_WORDS and (len(token) >= 3 or token in _SHORT_UNITS) for token in tokens
     )
 
 
@@ -177,7 +85,7 @@ def normalize(answer: str) -> str:
     signs, units (`\\text{ cm}`, "18 dollars"), thousands separators (1,234 / 10,\\!080), and
     rewrites `\\dfrac`/`\\tfrac` as `\\frac`.
     """
-    s = answer.strip().replace("\\$", "").replace("$", "")
+    s = answer.strip().replace("\\$", "").replace("$", "").replace("\u2212", "-")
     s = re.sub(r"\\[()\[\]]", "", s)
     s = re.sub(r"\\(?:left|right)\.|\\(?:left|right|[bB]igg?[lr]?)(?![A-Za-z])", "", s)
     s = re.sub(r"\\[dt]frac(?![A-Za-z])", r"\\frac", s)
@@ -186,14 +94,13 @@ def normalize(answer: str) -> str:
     s = re.sub(r"\\[,;: ]|\\q?quad(?![A-Za-z])|~", " ", s)
     s = re.sub(r"\^\s*\{?\s*\\circ\s*\}?|\\circ|\\degree|°", "", s)
     s = re.sub(r"\\?%|\\percent", "", s)
+    # "x=1 or x=-2" is the list "x=1, x=-2" (math-verify reads a list, not the word "or").
+    s = re.sub(_TEXT_CMD + r"\{\s*(?:or|and)\s*\}|\s+(?:or|and)\s+", ", ", s)
     s = _strip_words(_strip_text(s).strip())
     s = re.sub(r"_\{(\w+)\}", r"_\1", s)
     if re.fullmatch(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?", s):
         s = s.replace(",", "")
     return re.sub(r"\s+", " ", s).strip()
-
-
-# -- comparison ------------------------------------------------------------------------------------
 
 
 def _as_number(answer: str) -> Fraction | None:
@@ -245,7 +152,6 @@ def _symbolic_equal(gold: str, pred: str) -> bool:
     """math-verify's verdict, with its signal-based timeouts off so it runs in any thread."""
     if len(gold) + len(pred) > 600 or _TOO_HARD.search(gold) or _TOO_HARD.search(pred):
         return False
-    _quiet_math_verify()
     from math_verify import parse, verify  # sympy is slow to import: only when needed.
 
     gold_parsed = parse(f"${gold}$", parsing_timeout=None)
@@ -255,22 +161,41 @@ def _symbolic_equal(gold: str, pred: str) -> bool:
     return bool(verify(gold_parsed, pred_parsed, timeout_seconds=None))
 
 
-def _quiet_math_verify() -> None:
-    """Drop math-verify's one-off "timeout is disabled" warning: the caller owns timeouts here."""
-    for name in ("math_verify.parser", "math_verify.grader"):
-        logger = logging.getLogger(name)
-        if not any(isinstance(f, _TimeoutNoticeFilter) for f in logger.filters):
-            logger.addFilter(_TimeoutNoticeFilter())
-
-
 class _TimeoutNoticeFilter(logging.Filter):
+    """Drops math-verify's "timeout is disabled" warning: timeouts are the caller's job here."""
+
     def filter(self, record: logging.LogRecord) -> bool:
         return not str(record.msg).startswith("Timeout is disabled")
 
 
+for _name in ("math_verify.parser", "math_verify.grader"):
+    logging.getLogger(_name).addFilter(_TimeoutNoticeFilter())
+
+
+def _numbers_equal(gold: Fraction, pred: Fraction) -> bool:
+    """Exact, except that a gold with no finite decimal (1/3) accepts 6 significant digits."""
+    if gold == pred:
+        return True
+    den = gold.denominator
+    for prime in (2, 5):
+        while den % prime == 0:
+            den //= prime
+    # An absolute tolerance would call 0.0000673 equal to 0.0000672: keep it relative.
+    return den != 1 and abs(gold - pred) <= Fraction(1, 10**6) * abs(gold)
+
+
+_EQUALS = re.compile(r"(?<![<>!=])=(?!=)")
+_LIST = re.compile(r"[,;]|\\pm")
+
+
 def answers_equal(gold: str, pred: str) -> bool:
     """Whether a predicted final answer equals a gold one (both as written, unnormalised)."""
+    if len(gold) + len(pred) > 2000:  # no real final answer is this long
+        return gold.strip() == pred.strip()
     gold_n, pred_n = normalize(gold), normalize(pred)
+    if _EQUALS.search(pred_n) and not _EQUALS.search(gold_n) and not _LIST.search(pred_n):
+        # "3 + 4 = 7" or "x = 7" answers 7; a gold equation ("y = 2x") keeps the whole pred.
+        pred_n = _EQUALS.split(pred_n)[-1].strip()
     if not gold_n or not pred_n:
         return False
     if gold_n.replace(" ", "") == pred_n.replace(" ", ""):
@@ -280,7 +205,7 @@ def answers_equal(gold: str, pred: str) -> bool:
         return _text_equal(text, pred_n)
     gold_num, pred_num = _as_number(gold_n), _as_number(pred_n)
     if gold_num is not None and pred_num is not None:
-        return gold_num == pred_num or abs(float(gold_num - pred_num)) <= 1e-6
+        return _numbers_equal(gold_num, pred_num)
     return _symbolic_equal(gold_n, pred_n)
 
 
@@ -296,7 +221,7 @@ def score(response: str, reference: str | None) -> float:
         if not isinstance(reference, str) or not reference.strip():
             return 0.0
         if "####" in reference or "\\boxed" in reference:
-            reference = marked_answer(reference) or reference
+            reference = stated_answer(reference) or reference
         pred = extract_answer(response)
         return 1.0 if pred is not None and answers_equal(reference, pred) else 0.0
     except Exception:  # a grader must not crash training on odd text

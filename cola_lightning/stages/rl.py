@@ -38,7 +38,8 @@ class RLConfig:
         kl_coef: weight of KL(pi || pi_ref) on the taken actions; 0 drops the reference copy.
         clip_eps: PPO clipping epsilon (the ratio is 1 on a first pass, so it bites from epoch 2).
         epochs: passes over each rollout batch.
-        minibatches: minibatches per pass.
+        minibatches: minibatches per pass. Each minibatch is one optimiser step, and the
+            Trainer's `max_steps` and `global_step` count optimiser steps.
         max_grad_norm: gradient clipping.
     """
 

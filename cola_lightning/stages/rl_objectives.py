@@ -45,8 +45,8 @@ def clipped_policy_loss(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """PPO's clipped surrogate, to minimise, and the fraction of actions whose ratio was clipped.
 
-    With ratio 1 (the first pass over fresh rollouts) it is the plain policy-gradient loss
-    -A * log pi, in value and in gradient.
+    With ratio 1 (the first pass over fresh rollouts) its gradient is the plain policy gradient,
+    that of -A * log pi.
     """
     ratio = torch.exp(logprobs - old_logprobs)
     advantage = advantages[:, None]
