@@ -22,9 +22,13 @@ STAGE_KEY = "cola_stage"  # written by CoLAStage.on_save_checkpoint: the stage's
 def load_stage(checkpoint_path: str):
     """The stage module a checkpoint was written by, with its weights."""
     checkpoint = read_checkpoint(checkpoint_path)
-    if STAGE_KEY not in checkpoint:
+    # LightningCLI also records the class path among the hyper-parameters.
+    class_path = checkpoint.get(STAGE_KEY) or checkpoint.get("hyper_parameters", {}).get(
+        "_class_path"
+    )
+    if class_path is None:
         raise ValueError(f"{checkpoint_path} was not written by a cola_lightning stage.")
-    module_name, class_name = checkpoint[STAGE_KEY].rsplit(".", 1)
+    module_name, class_name = class_path.rsplit(".", 1)
     stage = getattr(importlib.import_module(module_name), class_name)
     # Our own checkpoints carry hyper-parameter dataclasses, so they are not weights-only.
     return stage.load_from_checkpoint(checkpoint_path, map_location="cpu", weights_only=False)

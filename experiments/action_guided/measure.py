@@ -23,6 +23,7 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -36,7 +37,7 @@ from cola_lightning.stages.action_guided import ActionGuidedFinetuneModule
 from cola_lightning.stages.optim import build_optimizer
 
 SOURCE = "embedded:smollm2-135m"
-DATA = "../shared/data"
+DATA = Path(__file__).resolve().parents[3] / "shared" / "data"  # ../shared/data of the repo
 
 
 def sft_data() -> PromptResponseDataModule:
