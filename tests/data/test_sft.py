@@ -100,3 +100,16 @@ def test_val_files_and_generic_fields(tmp_path):
     data.setup()
     assert len(data.splits["train"]) == len(data.splits["val"]) == 6
     assert torch.tensor(data.splits["val"][0]["input_ids"]).tolist()[:3] == list(b"q0=")
+
+
+def test_task_prompts_for_rl():
+    from cola_lightning.data.tasks import TaskPromptDataModule
+
+    data = TaskPromptDataModule(task="countdown", num_problems=20, tokenizer="bytes", val_size=5)
+    data.setup()
+    record = data.splits["val"][0]
+    assert record["prompt"].startswith("User: ") and record["prompt"].endswith("Assistant: ")
+    assert len(record["numbers"]) == 4 and int(record["answer"]) > 0
+    assert len(data.splits["train"]) == 15
+    with pytest.raises(ValueError, match="task"):
+        TaskPromptDataModule(task="chess")

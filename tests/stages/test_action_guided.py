@@ -132,3 +132,20 @@ def test_export_round_trip(stage_one_b_checkpoint, tmp_path):
 def test_action_guided_requires_init_from():
     with pytest.raises(ValueError, match="needs `init_from`"):
         ActionGuidedFinetuneModule(tiny_spec())
+
+
+def test_8bit_adamw_trains(stage_one_b_checkpoint):
+    import bitsandbytes as bnb
+
+    path, _ = stage_one_b_checkpoint
+    spec = dataclasses.replace(tiny_spec(), lora=LoraSpec(rank=4, alpha=8, dropout=0.0))
+    optimizer = OptimizerConfig(name="adamw8bit", lr=1e-2, min_lr=1e-3, warmup_steps=1)
+    module = ActionGuidedFinetuneModule(spec, str(path), "idm", TINY_COLA, optimizer)
+    module.configure_model()
+    before = snapshot(module)
+    trainer = tiny_trainer(max_steps=2)
+    trainer.fit(module, sft_data())
+    assert isinstance(trainer.optimizers[0], bnb.optim.AdamW8bit)
+    after = module.model.state_dict()
+    assert any(not torch.equal(after[k], before[k]) for k in after if ".lora_B." in k)
+    assert all(torch.isfinite(v).all() for v in after.values() if v.is_floating_point())
