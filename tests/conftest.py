@@ -62,12 +62,18 @@ def tiny_trainer(max_steps: int, **kwargs) -> L.Trainer:
     return L.Trainer(**{**defaults, **kwargs})
 
 
-def run_cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    """Runs `python -m cola_lightning ARGS` in a subprocess with a clean environment."""
+def run_cli(
+    args: list[str],
+    cwd: Path,
+    extra_env: dict[str, str] | None = None,
+    module: str = "cola_lightning",
+) -> subprocess.CompletedProcess:
+    """Runs `python -m MODULE ARGS` in a subprocess with a clean environment."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST", "LOCAL_RANK"))}
     env["PYTHONPATH"] = str(REPO)
+    env.update(extra_env or {})
     return subprocess.run(
-        [sys.executable, "-m", "cola_lightning", *args],
+        [sys.executable, "-m", module, *args],
         cwd=cwd,
         env=env,
         capture_output=True,

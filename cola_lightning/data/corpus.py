@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from cola_lightning.data.arithmetic import Problem, arithmetic_problems
 from cola_lightning.data.files import read_documents
+from cola_lightning.data.resumable import resumable_train_loader
 from cola_lightning.data.tokenizer import datamodule_tokenizer
 
 
@@ -73,7 +74,8 @@ class TextCorpusDataModule(L.LightningDataModule):
         seq_len: tokens per packed sequence.
         batch_size: sequences per batch (per device).
         val_fraction: fraction of documents held out for validation.
-        split_seed: seed of the document shuffle that decides the split.
+        split_seed: seed of the document shuffle that decides the split, and of the training
+            order (resumable mid-epoch, see `data/resumable.py`).
         num_workers: DataLoader workers.
         tokenizer: tokenizer source; None takes the model's (the stage module's `tokenizer`).
     """
@@ -144,8 +146,12 @@ class TextCorpusDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(
-            self.train_set, self.batch_size, shuffle=True, num_workers=self.num_workers
+        return resumable_train_loader(
+            self.train_set,
+            self.batch_size,
+            self.trainer,
+            self.split_seed,
+            num_workers=self.num_workers,
         )
 
     def val_dataloader(self) -> DataLoader:

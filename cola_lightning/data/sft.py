@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader
 
 from cola_lightning.data.corpus import ArithmeticCorpus
 from cola_lightning.data.files import read_field, read_jsonl
+from cola_lightning.data.resumable import resumable_train_loader
 from cola_lightning.data.tokenizer import datamodule_tokenizer
 
 PLAIN_TEMPLATE = "User: {prompt}\nAssistant: "
@@ -144,7 +145,8 @@ class PromptResponseDataModule(L.LightningDataModule):
         pack: pack examples into full rows instead of padding each batch.
         batch_size: examples (or packed rows) per batch.
         val_fraction: fraction held out when no `val_files` are given.
-        split_seed: seed of the shuffle that decides the split.
+        split_seed: seed of the shuffle that decides the split, and of the training order
+            (resumable mid-epoch, see `data/resumable.py`).
         num_workers: DataLoader workers.
         tokenizer: tokenizer source; None takes the stage module's.
     """
@@ -213,17 +215,20 @@ class PromptResponseDataModule(L.LightningDataModule):
             if not self.splits[name]:
                 raise ValueError(f"The {name} split is empty: add data or lower max_length.")
 
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        return DataLoader(
-            self.splits[split],
-            self.batch_size,
-            shuffle=shuffle,
-            num_workers=self.num_workers,
-            collate_fn=partial(pad_batch, pad_id=self.pad_id),
-        )
+    def _loader_options(self) -> dict:
+        return {
+            "num_workers": self.num_workers,
+            "collate_fn": partial(pad_batch, pad_id=self.pad_id),
+        }
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
+        return resumable_train_loader(
+            self.splits["train"],
+            self.batch_size,
+            self.trainer,
+            self.split_seed,
+            **self._loader_options(),
+        )
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
+        return DataLoader(self.splits["val"], self.batch_size, **self._loader_options())

@@ -13,6 +13,7 @@ import lightning as L
 from torch.utils.data import DataLoader
 
 from cola_lightning.data.corpus import ArithmeticCorpus
+from cola_lightning.data.resumable import resumable_train_loader
 from cola_lightning.data.sft import FORMATS, arithmetic_examples, format_prompt, read_examples
 from cola_lightning.data.tokenizer import datamodule_tokenizer
 
@@ -43,7 +44,7 @@ class TaskPromptDataModule(L.LightningDataModule):
         format: ``gsm8k``, ``math`` or ``generic`` (fields ``prompt`` / ``response``; no answer).
         task: a procedural task, ``arithmetic`` or ``countdown``, when no files are given.
         num_problems: how many procedural problems to generate.
-        seed: procedural generator seed and split seed.
+        seed: procedural generator seed, split seed and seed of the training order.
         template: prompt template (see `cola_lightning.data.sft.format_prompt`).
         instruction: text appended to every question (e.g. how to state the answer).
         batch_size: prompts per training step (each gets a group of rollouts).
@@ -112,7 +113,9 @@ class TaskPromptDataModule(L.LightningDataModule):
             self.splits[name] = split
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(self.splits["train"], self.batch_size, shuffle=True, collate_fn=list)
+        return resumable_train_loader(
+            self.splits["train"], self.batch_size, self.trainer, self.seed, collate_fn=list
+        )
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(self.splits["val"], self.val_batch_size, collate_fn=list)

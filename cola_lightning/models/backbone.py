@@ -222,13 +222,20 @@ class Backbone(nn.Module):
 
     def forward(
         self,
-        input_ids: torch.Tensor,
+        input_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
         past_key_values: Any = None,
         use_cache: bool = False,
-    ) -> tuple[torch.Tensor, Any]:
-        """Final-normed hidden states h (B, T, d) and the updated KV cache (None without cache)."""
+        readout: Readout | None = None,
+    ) -> tuple[torch.Tensor, Any] | torch.Tensor:
+        """Final-normed hidden states h (B, T, d) and the updated KV cache (None without cache).
+
+        Given `readout` instead, the next-token logits it asks for. Both uses go through
+        `forward` because a sharded backbone (FSDP2) gathers its weights in forward's hooks.
+        """
+        if readout is not None:
+            return readout.logits(self)
         with torch.set_grad_enabled(self.trainable and torch.is_grad_enabled()):
             out = self.decoder(
                 input_ids=input_ids,
@@ -238,3 +245,18 @@ class Backbone(nn.Module):
                 use_cache=use_cache,
             )
         return out.last_hidden_state, out.past_key_values if use_cache else None
+
+
+@dataclass
+class Readout:
+    """Logits lm_head(state) or, with `normalize`, lm_head(final_norm(state) - subtract)."""
+
+    state: torch.Tensor
+    normalize: bool = False
+    subtract: torch.Tensor | None = None
+
+    def logits(self, backbone: Backbone) -> torch.Tensor:
+        state = backbone.final_norm(self.state) if self.normalize else self.state
+        if self.subtract is not None:
+            state = state - self.subtract
+        return backbone.lm_head(state)

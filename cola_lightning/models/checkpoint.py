@@ -12,12 +12,15 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torch.distributed.tensor import DTensor, distribute_tensor
 
 from cola_lightning.models.adapters import is_adapter_key
 
 STATE_PREFIX = "model."  # the attribute under which every stage holds its CoLAModel
 BACKBONE_PREFIX = "backbone."
 COLA_WEIGHTS = "cola.safetensors"  # the latent parts in an export directory (models/export.py)
+# Written beside the shards of a distributed checkpoint by `ModelParallelStrategy`.
+SHARDED_METADATA = "meta.pt"
 
 
 def is_export_dir(path: str | Path) -> bool:
@@ -31,19 +34,74 @@ def read_export_state(path: str | Path) -> dict[str, torch.Tensor]:
     return load_file(str(Path(path) / COLA_WEIGHTS))
 
 
+def is_sharded_checkpoint(path: str | Path) -> bool:
+    """Whether `path` is a distributed (per-rank shards) checkpoint directory."""
+    return (Path(path) / SHARDED_METADATA).is_file()
+
+
 def read_checkpoint(path: str | Path) -> dict:
-    """Reads a Lightning checkpoint file, or says what is wrong with the path."""
+    """Reads a Lightning checkpoint file or sharded directory, or says what is wrong with the path.
+
+    A sharded checkpoint comes back consolidated (full tensors) without its optimiser states.
+    """
     path = Path(path).expanduser()
+    if is_sharded_checkpoint(path):
+        from lightning.fabric.utilities.load import _load_distributed_checkpoint
+
+        checkpoint = _load_distributed_checkpoint(path)
+        return {k: v for k, v in checkpoint.items() if not k.startswith("optimizer_")}
     if not path.is_file():
         raise FileNotFoundError(
-            f"Checkpoint not found: {path}. `init_from` must point at a .ckpt file written by an "
-            "earlier stage (its ModelCheckpoint dirpath in that stage's config)."
+            f"Checkpoint not found: {path}. `init_from` must point at a .ckpt file (or sharded "
+            "checkpoint directory) written by an earlier stage (its ModelCheckpoint dirpath)."
         )
     # Our own checkpoints carry hyper-parameter dataclasses, so they are not weights-only.
     checkpoint = torch.load(path, map_location="cpu", weights_only=False)
     if "state_dict" not in checkpoint:
         raise ValueError(f"{path} is not a Lightning checkpoint (it has no 'state_dict').")
     return checkpoint
+
+
+def consolidate_checkpoint(sharded: str | Path, out: str | Path) -> Path:
+    """Writes a sharded checkpoint as one ordinary .ckpt file (weights and metadata)."""
+    out = Path(out)
+    if out.exists():
+        raise FileExistsError(
+            f"{out} exists; choose a new file name for the consolidated checkpoint."
+        )
+    if not is_sharded_checkpoint(sharded):
+        raise ValueError(
+            f"{sharded} is not a sharded checkpoint directory (no {SHARDED_METADATA})."
+        )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(read_checkpoint(sharded), out)
+    return out
+
+
+def copy_full_tensor(target: torch.Tensor, full: torch.Tensor) -> None:
+    """Copies a full tensor into a tensor, or into this rank's shard of a DTensor."""
+    with torch.no_grad():
+        if isinstance(target, DTensor):
+            # Every rank holds `full`, so each slices its own shard: no communication needed.
+            shard = distribute_tensor(
+                full.to(target.dtype), target.device_mesh, target.placements, src_data_rank=None
+            )
+            target.to_local().copy_(shard.to_local())
+        else:
+            target.copy_(full)
+
+
+def load_full_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Loads full tensors by name into a plain or sharded model (keys are checked by the caller)."""
+    targets = model.state_dict(keep_vars=True)
+    for name, tensor in state.items():
+        if targets[name].shape != tensor.shape:
+            raise RuntimeError(
+                f"size mismatch for {name}: {tuple(tensor.shape)} in the checkpoint, "
+                f"{tuple(targets[name].shape)} in the model. Check that the model config "
+                "(backbone, num_codes, layer counts) matches the stage that wrote it."
+            )
+        copy_full_tensor(targets[name], tensor)
 
 
 def model_state(checkpoint: dict) -> dict[str, torch.Tensor]:
@@ -84,7 +142,7 @@ def load_stage_checkpoint(model: nn.Module, path: str | Path) -> dict[str, torch
     expected = set(model.state_dict())
     backbone_keys = {key for key in expected if key.startswith(BACKBONE_PREFIX)}
     check_state_keys(expected, set(base), optional=backbone_keys, source=str(path))
-    model.load_state_dict(base, strict=False)
+    load_full_state(model, base)
     return adapters
 
 
@@ -97,7 +155,7 @@ def load_adapters(model: nn.Module, adapters: dict[str, torch.Tensor], source: s
             "`lora` settings as the stage that trained them (or export, which merges them)."
         )
     check_state_keys(expected, set(adapters), set(), source)
-    model.load_state_dict(adapters, strict=False)
+    load_full_state(model, adapters)
 
 
 def _preview(keys: list[str], limit: int = 5) -> str:

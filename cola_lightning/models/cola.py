@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from cola_lightning.models.backbone import Backbone
+from cola_lightning.models.backbone import Backbone, Readout
 from cola_lightning.models.code_predictor import InverseDynamicsModel, Policy
 from cola_lightning.models.world_model import Codebook, MergeWorldModel
 
@@ -95,11 +95,9 @@ class CoLAModel(nn.Module):
     def world_model_logits(self, hidden: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
         """Next-token logits (B, T, V) from states h (B, T, d) and codes (B, T) or (B, T, K)."""
         state = self.world_model(hidden, self.codebook.embed(codes))
-        state = self.backbone.final_norm(state)
-        if self.config.subtract_state:
-            state = state - hidden
-        return self.backbone.lm_head(state)
+        subtract = hidden if self.config.subtract_state else None
+        return self.backbone(readout=Readout(state, normalize=True, subtract=subtract))
 
     def base_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """The backbone's own next-token logits from its states: the baseline the WM must beat."""
-        return self.backbone.lm_head(hidden)
+        return self.backbone(readout=Readout(hidden))

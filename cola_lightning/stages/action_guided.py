@@ -14,6 +14,7 @@ import torch
 
 from cola_lightning.models.backbone import BackboneSpec
 from cola_lightning.models.cola import CoLAConfig
+from cola_lightning.models.sharding import ShardingConfig
 from cola_lightning.stages.base import CoLAStage
 from cola_lightning.stages.optim import OptimizerConfig
 
@@ -30,6 +31,7 @@ class ActionGuidedFinetuneModule(CoLAStage):
         cola: sizes of the latent-action parts (must match the checkpoint).
         optimizer: published stage 2: AdamW lr 5e-6, betas (0.9, 0.95).
         sample_tokens: tokens of the first validation text logged with their codes.
+        sharding: FSDP2 settings, used under `ModelParallelStrategy`.
     """
 
     trained_parts = ("backbone",)
@@ -42,6 +44,7 @@ class ActionGuidedFinetuneModule(CoLAStage):
         cola: CoLAConfig | None = None,
         optimizer: OptimizerConfig | None = None,
         sample_tokens: int = 48,
+        sharding: ShardingConfig | None = None,
     ) -> None:
         if not init_from:
             raise ValueError(
@@ -51,7 +54,7 @@ class ActionGuidedFinetuneModule(CoLAStage):
             )
         if actions not in ACTION_SOURCES:
             raise ValueError(f"Unknown actions {actions!r}; use one of {ACTION_SOURCES}.")
-        super().__init__(backbone, cola, optimizer, init_from, sample_tokens)
+        super().__init__(backbone, cola, optimizer, init_from, sample_tokens, sharding)
         self.actions = actions
 
     @staticmethod
@@ -67,9 +70,8 @@ class ActionGuidedFinetuneModule(CoLAStage):
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         hidden = self.features(batch)
         loss = self.world_model_nll(hidden, self.guiding_codes(hidden, batch), batch)
-        self.log_dict(
-            {"train/loss": loss, "train/ce": loss}, on_step=True, on_epoch=False, prog_bar=True
-        )
+        metrics = {"train/loss": loss, "train/ce": loss}
+        self.log_dict(metrics, on_step=True, on_epoch=False, prog_bar=True, sync_dist=True)
         return loss
 
     def extra_validation_metrics(

@@ -8,9 +8,11 @@ loading refuses any checkpoint with a missing or unexpected tensor.
 
 from __future__ import annotations
 
+import random
 import time
 
 import lightning as L
+import numpy as np
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 
@@ -29,10 +31,16 @@ from cola_lightning.models.checkpoint import (
     load_stage_checkpoint,
 )
 from cola_lightning.models.cola import CoLAConfig, CoLAModel
+from cola_lightning.models.sharding import (
+    ShardingConfig,
+    build_sharded_cola_model,
+    init_latent_parameters,
+)
 from cola_lightning.stages.losses import masked_cross_entropy, target_mask
 from cola_lightning.stages.optim import OptimizerConfig, build_optimizer, build_scheduler
 
 FROZEN_BACKBONE_KEYS = STATE_PREFIX + BACKBONE_PREFIX
+RNG_STATES = "rng_states"  # the random generators' states, for an exact resume
 
 
 class CoLAStage(L.LightningModule):
@@ -44,6 +52,8 @@ class CoLAStage(L.LightningModule):
         optimizer: optimiser and learning-rate schedule.
         init_from: a previous stage's checkpoint to start from.
         sample_tokens: how many tokens of the first validation sequence to log with their codes.
+        sharding: FSDP2 settings, used when the trainer's strategy is `ModelParallelStrategy`
+            (the model is then built on the meta device and sharded before any weight loads).
     """
 
     trained_parts: tuple[str, ...] = ()
@@ -55,6 +65,7 @@ class CoLAStage(L.LightningModule):
         optimizer: OptimizerConfig | None = None,
         init_from: str | None = None,
         sample_tokens: int = 48,
+        sharding: ShardingConfig | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -62,6 +73,7 @@ class CoLAStage(L.LightningModule):
         self.backbone_spec = _as(BackboneSpec, backbone)
         self.cola_config = _as(CoLAConfig, cola) or CoLAConfig()
         self.optimizer_config = _as(OptimizerConfig, optimizer) or self.default_optimizer()
+        self.sharding_config = _as(ShardingConfig, sharding) or ShardingConfig()
         self.init_from = init_from
         self.sample_tokens = sample_tokens
         self.tokenizer = load_tokenizer(self.backbone_spec.tokenizer_name)
@@ -70,6 +82,9 @@ class CoLAStage(L.LightningModule):
         # `on_load_checkpoint` checks instead, and just as strictly.
         self.strict_loading = False
         self._step_started = 0.0
+        self._rng_states_to_restore: dict | None = None
+        self._seed = 0
+        self._generator: torch.Generator | None = None
 
     # -- model ---------------------------------------------------------------------------------
 
@@ -91,7 +106,7 @@ class CoLAStage(L.LightningModule):
                 f"Quantised ({spec.quantization}) base weights cannot be trained directly: add "
                 "`lora` to the backbone (QLoRA) or drop `quantization`."
             )
-        self.model = CoLAModel(Backbone(load_causal_lm(spec)), self.cola_config)
+        self.model = self.build_model(spec)
         adapters = load_stage_checkpoint(self.model, self.init_from) if self.init_from else {}
         self.model.backbone.adapt(spec)
         if adapters:
@@ -99,6 +114,37 @@ class CoLAStage(L.LightningModule):
         self.model.requires_grad_(False)
         for part in self.trained_parts:
             getattr(self.model, part).requires_grad_(True)
+
+    def build_model(self, spec: BackboneSpec) -> CoLAModel:
+        """The CoLA model with the backbone's weights and freshly initialised latent parts.
+
+        Under `ModelParallelStrategy` it is built on the meta device and sharded (FSDP2) first.
+        """
+        self._seed = seed = self.shared_seed()
+        if self._device_mesh is not None:
+            return build_sharded_cola_model(
+                spec, self.cola_config, self._device_mesh, self.sharding_config, seed
+            )
+        model = CoLAModel(Backbone(load_causal_lm(spec)), self.cola_config)
+        init_latent_parameters(model, seed)
+        return model
+
+    def shared_seed(self) -> int:
+        """The seed of the latent parts' initialisation: this process's, rank 0's when sharded."""
+        seed = [torch.initial_seed() % 2**31]
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.broadcast_object_list(seed, src=0)
+        return seed[0]
+
+    def generator(self, device: torch.device) -> torch.Generator:
+        """The stage's own random stream (e.g. Gumbel noise), checkpointed with the run.
+
+        Seeded with the shared seed and drawn from by nothing else, so a stage's noise does not
+        depend on what loading the model or iterating the data drew from torch's global stream.
+        """
+        if self._generator is None:
+            self._generator = torch.Generator(device).manual_seed(self._seed)
+        return self._generator
 
     def left_out_of_checkpoint(self, key: str) -> bool:
         """Frozen backbone weights that can be reloaded from the source are not stored.
@@ -114,11 +160,21 @@ class CoLAStage(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["cola_stage"] = f"{type(self).__module__}.{type(self).__qualname__}"
+        checkpoint[RNG_STATES] = rng_states()
+        if self._generator is not None:
+            checkpoint[RNG_STATES]["stage"] = self._generator.get_state()
         state = checkpoint["state_dict"]
+        if self._device_mesh is not None:
+            return  # a sharded checkpoint must hold every tensor it is asked to restore
         for key in [k for k in state if self.left_out_of_checkpoint(k)]:
             del state[key]
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        # Restored just before the next training step, so that nothing between loading and
+        # that step (a new data iterator draws a seed, for one) shifts the random stream.
+        self._rng_states_to_restore = checkpoint.get(RNG_STATES)
+        if "state_dict" not in checkpoint:
+            return  # sharded: the strategy has already loaded every tensor, strictly
         self.configure_model()
         expected = set(self.state_dict())
         optional = {k for k in expected if self.left_out_of_checkpoint(k)}
@@ -136,6 +192,11 @@ class CoLAStage(L.LightningModule):
         }
 
     def on_train_batch_start(self, batch: dict, batch_idx: int) -> None:
+        if self._rng_states_to_restore is not None:
+            set_rng_states(self._rng_states_to_restore)
+            if "stage" in self._rng_states_to_restore:
+                self.generator(self.device).set_state(self._rng_states_to_restore["stage"])
+            self._rng_states_to_restore = None
         self._step_started = time.perf_counter()
 
     def on_train_batch_end(self, outputs, batch: dict, batch_idx: int) -> None:
@@ -220,3 +281,20 @@ class CoLAStage(L.LightningModule):
 def _as(cls, value):
     """`value` as a `cls` dataclass when it is a dict (as checkpoints store it), else as is."""
     return cls(**value) if isinstance(value, dict) else value
+
+
+def rng_states() -> dict:
+    """The states of torch's, Python's and NumPy's generators, as weights-only-loadable types."""
+    kind, keys, position, has_gauss, gauss = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, gauss),
+    }
+
+
+def set_rng_states(states: dict) -> None:
+    kind, keys, position, has_gauss, gauss = states["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, gauss))
+    torch.set_rng_state(states["torch"])
+    random.setstate(states["python"])

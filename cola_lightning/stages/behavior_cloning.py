@@ -10,6 +10,7 @@ import torch
 
 from cola_lightning.models.backbone import BackboneSpec
 from cola_lightning.models.cola import CoLAConfig
+from cola_lightning.models.sharding import ShardingConfig
 from cola_lightning.stages.base import CoLAStage
 from cola_lightning.stages.losses import masked_accuracy, masked_cross_entropy, target_mask
 from cola_lightning.stages.optim import OptimizerConfig
@@ -25,6 +26,7 @@ class BehaviorCloningModule(CoLAStage):
         cola: sizes of the latent-action parts (must match the checkpoint).
         optimizer: optimiser and schedule (published: as stage 1).
         sample_tokens: tokens of the first validation text logged with their codes.
+        sharding: FSDP2 settings, used under `ModelParallelStrategy`.
     """
 
     trained_parts = ("policy",)
@@ -36,6 +38,7 @@ class BehaviorCloningModule(CoLAStage):
         cola: CoLAConfig | None = None,
         optimizer: OptimizerConfig | None = None,
         sample_tokens: int = 48,
+        sharding: ShardingConfig | None = None,
     ) -> None:
         if not init_from:
             raise ValueError(
@@ -43,7 +46,7 @@ class BehaviorCloningModule(CoLAStage):
                 "dynamics model labels the codes to clone (e.g. the quickstart writes "
                 "checkpoints/quickstart/latent_actions/last.ckpt)."
             )
-        super().__init__(backbone, cola, optimizer, init_from, sample_tokens)
+        super().__init__(backbone, cola, optimizer, init_from, sample_tokens, sharding)
 
     def policy_logits(self, hidden: torch.Tensor, batch: dict) -> torch.Tensor:
         """Policy logits for steps 0..T-2 (B, T-1, K)."""
@@ -61,7 +64,7 @@ class BehaviorCloningModule(CoLAStage):
             "train/ce": loss,
             "bc/accuracy": masked_accuracy(logits, targets, mask),
         }
-        self.log_dict(metrics, on_step=True, on_epoch=False, prog_bar=True)
+        self.log_dict(metrics, on_step=True, on_epoch=False, prog_bar=True, sync_dist=True)
         return loss
 
     def extra_validation_metrics(

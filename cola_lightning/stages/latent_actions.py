@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from cola_lightning.metrics.codebook import CodebookUsage
 from cola_lightning.models.backbone import BackboneSpec
 from cola_lightning.models.cola import CoLAConfig
+from cola_lightning.models.sharding import ShardingConfig
 from cola_lightning.stages.base import CoLAStage
 from cola_lightning.stages.losses import masked_cross_entropy, masked_mean, target_mask
 from cola_lightning.stages.optim import OptimizerConfig
@@ -37,6 +38,7 @@ class LatentActionModule(CoLAStage):
         entropy_coef: weight of sum_k y_k log y_k in the loss (an entropy bonus).
         usage_window: training steps over which `codebook/alive` and `codebook/perplexity` count.
         sample_tokens: tokens of the first validation text logged with their codes.
+        sharding: FSDP2 settings, used under `ModelParallelStrategy`.
     """
 
     trained_parts = ("inverse_dynamics", "codebook", "world_model")
@@ -51,8 +53,9 @@ class LatentActionModule(CoLAStage):
         entropy_coef: float = 1e-3,
         usage_window: int = 100,
         sample_tokens: int = 48,
+        sharding: ShardingConfig | None = None,
     ) -> None:
-        super().__init__(backbone, cola, optimizer, init_from, sample_tokens)
+        super().__init__(backbone, cola, optimizer, init_from, sample_tokens, sharding)
         self.gumbel_tau = gumbel_tau
         self.entropy_coef = entropy_coef
         self.usage = CodebookUsage(self.cola_config.num_codes, usage_window)
@@ -61,7 +64,7 @@ class LatentActionModule(CoLAStage):
         hidden = self.features(batch)
         mask = target_mask(batch)
         logits = self.model.inverse_dynamics.code_logits(hidden, batch["attention_mask"])
-        soft = F.gumbel_softmax(logits.float(), tau=self.gumbel_tau, hard=False)
+        soft = self.gumbel_softmax(logits.float())
         codes = straight_through_one_hot(soft).to(hidden.dtype)
         ce = masked_cross_entropy(
             self.model.world_model_logits(hidden[:, :-1], codes), batch["input_ids"][:, 1:], mask
@@ -70,6 +73,23 @@ class LatentActionModule(CoLAStage):
         loss = ce + self.entropy_coef * negative_entropy
         self._log_training(loss, ce, -negative_entropy, soft.argmax(-1)[mask])
         return loss
+
+    def gumbel_softmax(self, logits: torch.Tensor) -> torch.Tensor:
+        """softmax((logits + g) / tau) with Gumbel noise g drawn for the whole global batch.
+
+        Every rank draws the noise of all ranks' rows and keeps its own (a DistributedSampler
+        deals rank r the global rows r, r + W, ...), so a sample gets the same noise however
+        many ranks share the batch, and a sharded run follows the single-process run exactly.
+        """
+        world, rank = (
+            (self.trainer.world_size, self.trainer.global_rank) if self._trainer else (1, 0)
+        )
+        shape = (logits.shape[0] * world, *logits.shape[1:])
+        generator = self.generator(logits.device)
+        exponential = torch.empty(shape, dtype=logits.dtype, device=logits.device)
+        exponential.exponential_(generator=generator)
+        gumbel = -exponential[rank::world].log()
+        return ((logits + gumbel) / self.gumbel_tau).softmax(-1)
 
     def _log_training(
         self, loss: torch.Tensor, ce: torch.Tensor, entropy: torch.Tensor, codes: torch.Tensor
@@ -87,6 +107,7 @@ class LatentActionModule(CoLAStage):
             on_step=True,
             on_epoch=False,
             prog_bar=True,
+            sync_dist=True,
         )
         writer = self.tensorboard
         if writer is not None and self.global_step % self.trainer.log_every_n_steps == 0:

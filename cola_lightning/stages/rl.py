@@ -19,6 +19,7 @@ from torchmetrics import MeanMetric
 
 from cola_lightning.models.backbone import BackboneSpec
 from cola_lightning.models.cola import CoLAConfig
+from cola_lightning.models.sharding import ShardingConfig
 from cola_lightning.rewards.registry import CompositeReward, RewardSpec
 from cola_lightning.rollout.engine import GenerationConfig, Generator, Rollout, left_pad
 from cola_lightning.rollout.sampling import Sampler
@@ -118,6 +119,7 @@ class RLStage(CoLAStage):
         generation: lengths and samplers of the rollouts (validation is greedy throughout).
         fail_on_reward_error: raise on a reward that raises or times out, instead of scoring 0.
         reward_timeout_s: seconds one reward call may take.
+        sharding: FSDP2 settings, used under `ModelParallelStrategy`.
     """
 
     latent: bool = True
@@ -134,8 +136,9 @@ class RLStage(CoLAStage):
         generation: GenerationConfig | None = None,
         fail_on_reward_error: bool = False,
         reward_timeout_s: float = 10.0,
+        sharding: ShardingConfig | None = None,
     ) -> None:
-        super().__init__(backbone, cola, optimizer, init_from)
+        super().__init__(backbone, cola, optimizer, init_from, sharding=sharding)
         self.automatic_optimization = False
         self.rl = rl or RLConfig()
         specs = rewards or [RewardSpec(accuracy_reward)]

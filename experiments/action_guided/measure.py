@@ -92,7 +92,8 @@ def cost(variant: str, init_from: str, repeats: int = 3) -> dict:
     }[variant]
     stage = ActionGuidedFinetuneModule(backbone, init_from)
     stage.configure_model()
-    batch = next(iter(sft_data().train_dataloader()))
+    # The first validation batch is not shuffled, so every variant times the same tokens.
+    batch = next(iter(sft_data().val_dataloader()))
     optimizer = build_optimizer(stage.model, stage.optimizer_config)
     times = []
     for _ in range(repeats + 1):

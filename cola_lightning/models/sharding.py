@@ -1,0 +1,198 @@
+"""FSDP2 for CoLA: build on the meta device, shard block by block, then fill each rank's shards.
+
+Nothing here holds a full copy of the model: the CoLA model is built on the meta device (no
+memory), every decoder block of the backbone, inverse dynamics model and policy, every merge
+layer, and each remaining part is made its own `fully_shard` unit, and only then are the weights
+materialised, one rank-local shard at a time. The backbone's weights stream tensor by tensor from
+its safetensors files; latent parts start from `init_latent_parameters`, which draws every
+parameter from its own seeded generator, so a sharded model and a plain one start identical.
+
+Frozen parts (the backbone) and trainable parts (the latent parts) are separate units, so a unit's
+parameters are either all trained or all frozen.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from torch import nn
+from transformers import AutoConfig, AutoModelForCausalLM
+
+from cola_lightning.models.backbone import (
+    DTYPES,
+    Backbone,
+    BackboneSpec,
+    load_causal_lm,
+    resolve_source,
+)
+from cola_lightning.models.checkpoint import copy_full_tensor
+from cola_lightning.models.cola import LATENT_PARTS, CoLAConfig, CoLAModel
+
+MIXED_PRECISION = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class ShardingConfig:
+    """How a stage shards its model under Lightning's `ModelParallelStrategy` (FSDP2).
+
+    Args:
+        mixed_precision: ``bf16`` (or ``fp16``) to gather parameters and compute in that dtype
+            while gradients are reduced and the optimiser steps in float32; None keeps float32.
+        activation_checkpointing: recompute decoder-block activations in the backward pass
+            instead of storing them (the backbone's when it is trained, the IDM's and policy's).
+        reshard_after_forward: free gathered parameters after each unit's forward (ZeRO-3);
+            False keeps them until the backward pass (ZeRO-2: more memory, less communication).
+    """
+
+    mixed_precision: str | None = None
+    activation_checkpointing: bool = False
+    reshard_after_forward: bool = True
+
+    def __post_init__(self) -> None:
+        if self.mixed_precision is not None and self.mixed_precision not in MIXED_PRECISION:
+            raise ValueError(
+                f"Unknown sharding.mixed_precision {self.mixed_precision!r}; use one of "
+                f"{sorted(MIXED_PRECISION)} or null."
+            )
+
+
+def decoder_blocks(model: CoLAModel) -> list[nn.Module]:
+    """Every block-sized piece of the model: the units that hold almost all the weights."""
+    return [
+        *model.backbone.decoder.layers,
+        *model.inverse_dynamics.blocks.layers,
+        *model.policy.blocks.layers,
+        *model.world_model.layers,
+    ]
+
+
+def shard_cola_model(model: CoLAModel, mesh, config: ShardingConfig) -> CoLAModel:
+    """`fully_shard` per block, then per part (frozen and trained apart), then at the root."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    compute = MIXED_PRECISION.get(config.mixed_precision)
+    policy = MixedPrecisionPolicy(param_dtype=compute, reduce_dtype=torch.float32)
+    options = {
+        "mesh": mesh,
+        "mp_policy": policy,
+        "reshard_after_forward": config.reshard_after_forward,
+    }
+    for block in decoder_blocks(model):
+        fully_shard(block, **options)
+    # What is left of each part (embeddings, norms, heads, the codebook) is one unit per part.
+    for part in ("backbone", *LATENT_PARTS):
+        fully_shard(getattr(model, part), **options)
+    fully_shard(model, **options)
+    if config.activation_checkpointing:
+        enable_activation_checkpointing(model)
+    return model
+
+
+def enable_activation_checkpointing(model: CoLAModel) -> None:
+    """Recomputes the Hugging Face decoder blocks' activations in backward (non-reentrant)."""
+    kwargs = {"gradient_checkpointing_kwargs": {"use_reentrant": False}}
+    for stack in (model.backbone.lm, model.inverse_dynamics.blocks, model.policy.blocks):
+        stack.gradient_checkpointing_enable(**kwargs)
+
+
+def build_sharded_cola_model(
+    spec: BackboneSpec, cola: CoLAConfig, mesh, config: ShardingConfig, seed: int
+) -> CoLAModel:
+    """A CoLA model whose every parameter is a DTensor shard, never materialised in full.
+
+    The backbone comes from `spec` (its weights streamed from safetensors where the source is a
+    directory of them, else loaded whole and copied in: fine for small models only).
+    """
+    if spec.quantization is not None or spec.lora is not None:
+        raise ValueError(
+            "Sharding (FSDP2) is for full-precision backbones: drop `quantization` and `lora` "
+            "from the backbone, or train on one device without a sharded strategy."
+        )
+    with torch.device("meta"):
+        model = CoLAModel(Backbone(_meta_causal_lm(spec)), cola)
+    shard_cola_model(model, mesh, config)
+    model.to_empty(device=mesh.device_type)
+    reset_rotary_buffers(model)
+    init_latent_parameters(model, seed)
+    load_backbone_weights(model.backbone, spec)
+    return model
+
+
+def _meta_causal_lm(spec: BackboneSpec) -> nn.Module:
+    dtype = DTYPES[spec.dtype]
+    if spec.config is not None:
+        config = AutoConfig.for_model(**spec.config)
+    else:
+        where, gguf_file = resolve_source(spec.source)
+        config = AutoConfig.from_pretrained(where, gguf_file=gguf_file)
+    return AutoModelForCausalLM.from_config(config, dtype=dtype)
+
+
+def reset_rotary_buffers(model: nn.Module) -> None:
+    """Recomputes the rotary embeddings' frequency buffers, which `to_empty` leaves as garbage."""
+    for module in model.modules():
+        if hasattr(module, "inv_freq") and hasattr(module, "config"):
+            fresh = type(module)(module.config)
+            for name, buffer in fresh.named_buffers(recurse=False):
+                getattr(module, name).copy_(buffer)
+
+
+def init_latent_parameters(model: CoLAModel, seed: int) -> None:
+    """Initialises the latent parts, each parameter from a generator seeded by (seed, its name).
+
+    Linear weights are normal with the backbone's initializer range, norm weights one, biases
+    zero. Being independent of construction order and of sharding, a model built on the meta
+    device and sharded over N ranks starts exactly where a plain single-process one does.
+    """
+    std = getattr(model.backbone.config, "initializer_range", 0.02)
+    for part in LATENT_PARTS:
+        for name, parameter in getattr(model, part).named_parameters():
+            full_name = f"{part}.{name}"
+            generator = torch.Generator().manual_seed(
+                seed * 1_000_003 + zlib.crc32(full_name.encode())
+            )
+            if name.endswith("bias"):
+                full = torch.zeros(parameter.shape)
+            elif parameter.dim() == 1:
+                full = torch.ones(parameter.shape)
+            else:
+                full = torch.randn(parameter.shape, generator=generator) * std
+            copy_full_tensor(parameter, full)
+
+
+def load_backbone_weights(backbone: Backbone, spec: BackboneSpec) -> None:
+    """Fills the backbone's (sharded) parameters from `spec`, one tensor at a time where it can."""
+    files = _safetensors_files(spec)
+    parameters = backbone.lm.state_dict(keep_vars=True)
+    if not files:
+        # A GGUF file, a hub id or an inline config: load whole, then copy shard by shard.
+        for name, tensor in load_causal_lm(spec).state_dict().items():
+            copy_full_tensor(parameters[name], tensor)
+        return
+    loaded = set()
+    for path in files:
+        with safe_open(str(path), framework="pt") as tensors:
+            for name in tensors.keys():  # noqa: SIM118 - safe_open has no __iter__
+                if name in parameters:
+                    copy_full_tensor(parameters[name], tensors.get_tensor(name))
+                    loaded.add(name)
+    tied = {"lm_head.weight"} if backbone.config.tie_word_embeddings else set()
+    missing = sorted(set(parameters) - loaded - tied)
+    if missing:
+        raise KeyError(
+            f"The safetensors files of {spec.source} lack {len(missing)} backbone tensors "
+            f"(first: {missing[:3]}). Is this the directory of the model its config.json names?"
+        )
+
+
+def _safetensors_files(spec: BackboneSpec) -> list[Path]:
+    if spec.source is None:
+        return []
+    where, gguf_file = resolve_source(spec.source)
+    if gguf_file is not None or not Path(where).is_dir():
+        return []
+    return sorted(Path(where).glob("*.safetensors"))
