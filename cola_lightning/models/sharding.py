@@ -176,10 +176,13 @@ def load_backbone_weights(backbone: Backbone, spec: BackboneSpec) -> None:
     loaded = set()
     for path in files:
         with safe_open(str(path), framework="pt") as tensors:
-            for name in tensors.keys():  # noqa: SIM118 - safe_open has no __iter__
-                if name in parameters:
-                    copy_full_tensor(parameters[name], tensors.get_tensor(name))
-                    loaded.add(name)
+            names = [name for name in tensors.keys() if name in parameters]  # noqa: SIM118
+        for name in names:
+            # One opening per tensor: the file's pages are unmapped again right after, so
+            # they never add up to a full copy in this process's memory.
+            with safe_open(str(path), framework="pt") as tensors:
+                copy_full_tensor(parameters[name], tensors.get_tensor(name))
+            loaded.add(name)
     tied = {"lm_head.weight"} if backbone.config.tie_word_embeddings else set()
     missing = sorted(set(parameters) - loaded - tied)
     if missing:
