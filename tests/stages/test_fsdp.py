@@ -107,11 +107,11 @@ def test_two_processes_follow_the_single_process_loss_curve(runs):
     assert single[0] != pytest.approx(single[STEPS - 1], rel=1e-3)  # the loss moved
 
 
-def test_sharded_checkpoint_consolidates_to_the_single_process_weights(runs):
+def test_sharded_checkpoint_consolidates_and_exports(runs):
     sharded = runs / "checkpoints/sharded/last.ckpt"
     assert sharded.is_dir() and len(list(sharded.glob("*.distcp"))) == 2
     result = run_cli(
-        ["--checkpoint", str(sharded), "--consolidate", "consolidated.ckpt"],
+        ["--checkpoint", str(sharded), "--consolidate", "consolidated.ckpt", "--out", "hf"],
         runs,
         module="cola_lightning.export",
     )
@@ -121,6 +121,11 @@ def test_sharded_checkpoint_consolidates_to_the_single_process_weights(runs):
     assert set(single) < set(consolidated)  # the sharded one also keeps the frozen backbone
     for name, tensor in single.items():
         torch.testing.assert_close(consolidated[name], tensor, rtol=1e-5, atol=1e-6)
+    # ... and on into the Hugging Face-style export, whose backbone plain transformers loads.
+    exported = AutoModelForCausalLM.from_pretrained(runs / "hf")
+    torch.testing.assert_close(
+        exported.lm_head.weight, consolidated["model.backbone.lm.lm_head.weight"]
+    )
 
 
 def test_sharded_checkpoint_resumes(runs):
