@@ -29,6 +29,7 @@ class ReportSharding(L.Callback):
         units = [m for m in pl_module.model.modules() if isinstance(m, FSDPModule)]
         report = {
             "all_dtensor": all(isinstance(p, DTensor) for p in pl_module.model.parameters()),
+            "checkpointing": pl_module.model.inverse_dynamics.blocks.is_gradient_checkpointing,
             "units": [sorted({p.requires_grad for p in own_parameters(u)}) for u in units],
         }
         if trainer.global_rank == 0:
@@ -54,14 +55,16 @@ def losses(logdir) -> dict[int, float]:
     return {e.step: e.value for e in events.Scalars("train/loss")}
 
 
-def write_config(tmp_path, name: str, devices: int, **trainer) -> str:
+def write_config(tmp_path, name: str, devices: int, sharding: dict | None = None, **trainer) -> str:
     """Stage 1 of configs/test on a saved tiny backbone: one rank x 4 rows or two x 2 rows."""
     config = yaml.safe_load((REPO / "configs/test/latent_actions.yaml").read_text())
     config["model"]["init_args"]["backbone"] = {"source": "tiny", "tokenizer": "bytes"}
+    config["model"]["init_args"]["sharding"] = sharding
     config["data"]["init_args"]["batch_size"] = 4 // devices
     config["trainer"].update(
-        devices=devices, max_steps=STEPS, log_every_n_steps=1, limit_val_batches=0, **trainer
+        {"devices": devices, "max_steps": STEPS, "log_every_n_steps": 1, "limit_val_batches": 0}
     )
+    config["trainer"].update(trainer)
     config["trainer"]["logger"]["init_args"]["name"] = name
     config["trainer"]["callbacks"][0]["init_args"]["dirpath"] = f"checkpoints/{name}"
     if devices > 1:
@@ -134,3 +137,15 @@ def test_sharded_checkpoint_resumes(runs):
     result = run_cli(["fit", "--config", str(config), *more, "--ckpt_path", "last"], runs)
     assert result.returncode == 0, result.stderr[-3000:]
     assert sorted(losses(runs / "runs/test/sharded/version_1")) == [STEPS, STEPS + 1]
+
+
+def test_bf16_and_activation_checkpointing_follow_the_float32_run(runs):
+    sharding = {"mixed_precision": "bf16", "activation_checkpointing": True}
+    config = write_config(runs, "bf16", 2, sharding=sharding, max_steps=2)
+    result = run_cli(["fit", "--config", config], runs)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((runs / REPORT).read_text())["checkpointing"]
+    bf16 = losses(runs / "runs/test/bf16/version_0")
+    float32 = losses(runs / "runs/test/sharded/version_0")
+    assert bf16 == pytest.approx({s: float32[s] for s in bf16}, rel=2e-2)
+    assert bf16 != pytest.approx({s: float32[s] for s in bf16}, rel=1e-6)  # bf16 did compute
