@@ -88,7 +88,6 @@ def test_missing_file_and_bad_sources(tmp_path):
         TextCorpusDataModule(arithmetic=small, seq_len=1024, tokenizer="bytes").setup()
 
 
-@pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="needs ../shared/data")
 def test_reads_real_gsm8k_questions():
     data = corpus(files=[str(SHARED_DATA / "gsm8k_test.jsonl")], text_field="question")
     assert len(data.train_set) > 1000

@@ -64,7 +64,6 @@ def test_packing_keeps_masks_aligned():
     ]
 
 
-@pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="needs ../shared/data")
 def test_real_gsm8k_and_math500_readers():
     gsm8k = read_examples(SHARED_DATA / "gsm8k_test.jsonl", "gsm8k")
     assert len(gsm8k) == 1319 and gsm8k[0].answer == "18"

@@ -255,8 +255,7 @@ def test_score_works_off_the_main_thread():
 
 def _rows(name: str, count: int) -> list[dict]:
     path = SHARED_DATA / name
-    if not path.is_file():
-        pytest.skip(f"{path} is missing")
+    assert path.is_file(), f"{path} is missing: the tests need ../shared/data beside the repo"
     with path.open() as f:
         return [json.loads(line) for line in itertools.islice(f, count)]
 
