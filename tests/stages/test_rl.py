@@ -5,11 +5,12 @@ import torch
 
 from cola_lightning.data.tasks import TaskPromptDataModule
 from cola_lightning.rewards.registry import RewardSpec
+from cola_lightning.rollout import rl_maths as objectives
 from cola_lightning.rollout.engine import GenerationConfig, Generator
+from cola_lightning.rollout.rl_maths import action_batch
 from cola_lightning.rollout.sampling import Sampler
-from cola_lightning.stages import rl_objectives as objectives
 from cola_lightning.stages.optim import OptimizerConfig
-from cola_lightning.stages.rl import LatentRLModule, RLConfig, action_batch
+from cola_lightning.stages.rl import LatentRLModule, RLConfig
 from cola_lightning.stages.token_rl import TokenRLModule
 from tests.conftest import TINY_COLA, tiny_spec, tiny_trainer
 
