@@ -87,6 +87,11 @@ def _quantized(linear: nn.Linear, quantization: str, compute_dtype: torch.dtype,
             linear.in_features, linear.out_features, has_bias, compute_dtype, quant_type="nf4"
         )
         layer.weight = bnb.nn.Params4bit(weight, requires_grad=False, quant_type="nf4")
+        # On a CPU with AVX512-BF16, bitsandbytes repacks the weights in place the first time
+        # the layer runs in eval mode without grad (DESIGN.md section 9): that crashes for
+        # in_features < 64 and otherwise changes the layer's outputs for good, in training too.
+        # Keeping the portable kernel gives the same outputs in training and evaluation.
+        layer.support_avx512bf16_for_cpu = False
     else:
         layer = bnb.nn.Linear8bitLt(
             linear.in_features, linear.out_features, has_bias, has_fp16_weights=False

@@ -13,6 +13,7 @@ parameters are either all trained or all frozen.
 
 from __future__ import annotations
 
+import copy
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,7 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 from torch import nn
+from torch.distributed.tensor import DTensor
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from cola_lightning.models.backbone import (
@@ -72,15 +74,9 @@ def decoder_blocks(model: CoLAModel) -> list[nn.Module]:
 
 def shard_cola_model(model: CoLAModel, mesh, config: ShardingConfig) -> CoLAModel:
     """`fully_shard` per block, then per part (frozen and trained apart), then at the root."""
-    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+    from torch.distributed.fsdp import fully_shard
 
-    compute = MIXED_PRECISION.get(config.mixed_precision)
-    policy = MixedPrecisionPolicy(param_dtype=compute, reduce_dtype=torch.float32)
-    options = {
-        "mesh": mesh,
-        "mp_policy": policy,
-        "reshard_after_forward": config.reshard_after_forward,
-    }
+    options = shard_options(mesh, config)
     for block in decoder_blocks(model):
         fully_shard(block, **options)
     # What is left of each part (embeddings, norms, heads, the codebook) is one unit per part.
@@ -90,6 +86,51 @@ def shard_cola_model(model: CoLAModel, mesh, config: ShardingConfig) -> CoLAMode
     if config.activation_checkpointing:
         enable_activation_checkpointing(model)
     return model
+
+
+def frozen_copy(source: nn.Module, meta_copy, mesh, config: ShardingConfig) -> nn.Module:
+    """A frozen, eval-mode copy of `source` (the KL reference), sharded like it when it is.
+
+    FSDP2 modules cannot be deep-copied, so a sharded one is rebuilt: `meta_copy()` gives the
+    same architecture on the meta device, every submodule that is an FSDP unit in `source`
+    becomes one in the copy (innermost first), and each rank copies its own shards.
+    """
+    from torch.distributed.fsdp import FSDPModule
+
+    if not isinstance(source, FSDPModule):
+        return copy.deepcopy(source).requires_grad_(False).eval()
+    from torch.distributed.fsdp import fully_shard
+
+    options = shard_options(mesh, config)
+    target = meta_copy()
+    units = dict(target.named_modules())
+    for name, module in reversed(list(source.named_modules())):
+        if isinstance(module, FSDPModule):
+            fully_shard(units[name], **options)
+    target.to_empty(device=mesh.device_type)
+    reset_rotary_buffers(target)
+    targets = target.state_dict(keep_vars=True)
+    with torch.no_grad():
+        for name, tensor in source.state_dict(keep_vars=True).items():
+            _local(targets[name]).copy_(_local(tensor))
+    return target.requires_grad_(False).eval()
+
+
+def _local(tensor: torch.Tensor) -> torch.Tensor:
+    """This rank's shard of a DTensor, or the tensor itself."""
+    return tensor.to_local() if isinstance(tensor, DTensor) else tensor
+
+
+def shard_options(mesh, config: ShardingConfig) -> dict:
+    """`fully_shard`'s keyword arguments for `config`."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy
+
+    compute = MIXED_PRECISION.get(config.mixed_precision)
+    return {
+        "mesh": mesh,
+        "mp_policy": MixedPrecisionPolicy(param_dtype=compute, reduce_dtype=torch.float32),
+        "reshard_after_forward": config.reshard_after_forward,
+    }
 
 
 def enable_activation_checkpointing(model: CoLAModel) -> None:
@@ -113,7 +154,7 @@ def build_sharded_cola_model(
             "from the backbone, or train on one device without a sharded strategy."
         )
     with torch.device("meta"):
-        model = CoLAModel(Backbone(_meta_causal_lm(spec)), cola)
+        model = CoLAModel(Backbone(meta_causal_lm(spec)), cola)
     shard_cola_model(model, mesh, config)
     model.to_empty(device=mesh.device_type)
     reset_rotary_buffers(model)
@@ -122,7 +163,7 @@ def build_sharded_cola_model(
     return model
 
 
-def _meta_causal_lm(spec: BackboneSpec) -> nn.Module:
+def meta_causal_lm(spec: BackboneSpec) -> nn.Module:
     dtype = DTYPES[spec.dtype]
     if spec.config is not None:
         config = AutoConfig.for_model(**spec.config)

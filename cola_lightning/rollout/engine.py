@@ -9,11 +9,16 @@ plain backbone sampling tokens: the baseline, through the same interface.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
+import torch.distributed as dist
+from torch import nn
+from torch.distributed.tensor import DTensor
 
 from cola_lightning.models.cola import CoLAModel
+from cola_lightning.rollout.rl_maths import left_pad, position_ids
 from cola_lightning.rollout.sampling import Sampler
 
 MODES = ("latent", "token")
@@ -53,17 +58,28 @@ class Rollout:
     finish: list[str]
 
 
-def left_pad(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token ids (B, P) padded on the left, and the attention mask."""
-    if any(len(s) == 0 for s in sequences):
-        raise ValueError("Every prompt needs at least one token.")
-    width = max(len(s) for s in sequences)
-    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    for row, sequence in enumerate(sequences):
-        ids[row, width - len(sequence) :] = torch.tensor(sequence)
-        mask[row, width - len(sequence) :] = 1
-    return ids, mask
+@contextmanager
+def eval_mode(module: nn.Module):
+    """Every submodule in eval mode (no dropout: LoRA's included), each restored afterwards."""
+    modes = [(m, m.training) for m in module.modules()]
+    module.eval()
+    try:
+        yield
+    finally:
+        for submodule, training in modes:
+            submodule.training = training
+
+
+def all_ranks_done(done: torch.Tensor, sharded: bool) -> bool:
+    """Whether every row is done, on every rank when the model is sharded.
+
+    A sharded forward is a collective, so ranks must leave the decode loop together: a rank whose
+    rows are done keeps stepping (on padding) until every rank's are.
+    """
+    running = (~done).any().to(torch.int32)
+    if sharded and dist.is_available() and dist.is_initialized():
+        dist.all_reduce(running, op=dist.ReduceOp.MAX)
+    return not bool(running)
 
 
 class Generator:
@@ -79,13 +95,14 @@ class Generator:
         self.model = model
         self.tokenizer = tokenizer
         self.config = config or GenerationConfig()
+        self.sharded = any(isinstance(p, DTensor) for p in model.parameters())
 
     def encode(self, prompts: list[str] | list[list[int]]) -> list[list[int]]:
         if prompts and isinstance(prompts[0], str):
             return [self.tokenizer(p, add_special_tokens=False).input_ids for p in prompts]
         return [list(p) for p in prompts]
 
-    @torch.inference_mode()
+    @torch.no_grad()  # not inference_mode: FSDP2's gathered parameters must stay ordinary
     def codes_from_reference(
         self, prompts: list[str] | list[list[int]], references: list[str]
     ) -> list[list[int]]:
@@ -95,22 +112,23 @@ class Generator:
         them steers the replay.
         """
         result = []
-        for prompt, reference in zip(self.encode(prompts), references, strict=True):
-            continuation = self.tokenizer(reference, add_special_tokens=False).input_ids
-            ids = torch.tensor([prompt + continuation], device=self._device())
-            hidden, _ = self.model.hidden_states(ids)
-            codes = self.model.inverse_dynamics.code_logits(hidden).argmax(-1)[0]
-            # step t (predicting token t+1) for the steps that produce the continuation
-            result.append(codes[len(prompt) - 1 :].tolist())
+        with eval_mode(self.model):
+            for prompt, reference in zip(self.encode(prompts), references, strict=True):
+                continuation = self.tokenizer(reference, add_special_tokens=False).input_ids
+                ids = torch.tensor([prompt + continuation], device=self._device())
+                hidden, _ = self.model.hidden_states(ids)
+                codes = self.model.inverse_dynamics.code_logits(hidden).argmax(-1)[0]
+                # step t (predicting token t+1) for the steps that produce the continuation
+                result.append(codes[len(prompt) - 1 :].tolist())
         return result
 
-    @torch.inference_mode()
+    @torch.no_grad()  # not inference_mode: FSDP2's gathered parameters must stay ordinary
     def generate(
         self,
         prompts: list[str] | list[list[int]],
         mode: str = "latent",
         codes: torch.Tensor | list[list[int]] | int | None = None,
-        generator: torch.Generator | None = None,
+        generator: torch.Generator | list[torch.Generator] | None = None,
     ) -> Rollout:
         """Generates a continuation of every prompt.
 
@@ -119,7 +137,7 @@ class Generator:
             mode: ``latent`` (policy + world model) or ``token`` (the plain backbone).
             codes: force the codes instead of sampling them: one code for every step (int), or a
                 code sequence per prompt; a prompt's generation stops when its codes run out.
-            generator: random generator for code and token sampling.
+            generator: random generator for code and token sampling, or one per prompt.
         """
         if mode not in MODES:
             raise ValueError(f"Unknown generation mode {mode!r}; use one of {MODES}.")
@@ -127,14 +145,15 @@ class Generator:
             raise ValueError("Forced codes need mode='latent'.")
         prompt_ids = self.encode(prompts)
         forced, forced_lengths = self._forced_codes(codes, len(prompt_ids))
-        state = _DecodeState(self, prompt_ids, mode == "latent", generator)
-        for step in range(self.config.max_new_tokens):
-            state.advance(None if forced is None else forced[:, min(step, forced.shape[1] - 1)])
-            if forced_lengths is not None:
-                state.done |= forced_lengths <= step + 1
-            if state.done.all():
-                break
-            state.feed_last_token()
+        with eval_mode(self.model):
+            state = _DecodeState(self, prompt_ids, mode == "latent", generator)
+            for step in range(self.config.max_new_tokens):
+                state.advance(None if forced is None else forced[:, min(step, forced.shape[1] - 1)])
+                if forced_lengths is not None:
+                    state.done |= forced_lengths <= step + 1
+                if all_ranks_done(state.done, self.sharded):
+                    break
+                state.feed_last_token()
         return state.rollout()
 
     def _device(self) -> torch.device:
@@ -168,13 +187,13 @@ class _DecodeState:
         owner: Generator,
         prompt_ids: list[list[int]],
         latent: bool,
-        generator: torch.Generator | None,
+        generator: torch.Generator | list[torch.Generator] | None,
     ) -> None:
         self.model, self.config, self.generator = owner.model, owner.config, generator
         self.tokenizer, self.latent, self.prompt_ids = owner.tokenizer, latent, prompt_ids
         device = owner._device()
         ids, self.mask = (t.to(device) for t in left_pad(prompt_ids, self.tokenizer.pad_token_id))
-        self.positions = (self.mask.cumsum(-1) - 1).clamp_min(0)
+        self.positions = position_ids(self.mask)
         hidden, self.backbone_cache = self.model.hidden_states(
             ids, self.mask, self.positions, use_cache=True
         )

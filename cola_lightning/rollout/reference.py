@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from cola_lightning.models.cola import CoLAModel
-from cola_lightning.rollout.engine import left_pad
+from cola_lightning.rollout.rl_maths import left_pad, position_ids
 from cola_lightning.rollout.sampling import Sampler
 
 
@@ -32,7 +32,7 @@ def generate_without_cache(
     chosen = {"tokens": [], "codes": [], "token_logprobs": [], "code_logprobs": []}
     for _ in range(steps):
         ids, mask = (t.to(device) for t in left_pad(sequences, pad_id))
-        positions = (mask.cumsum(-1) - 1).clamp_min(0)
+        positions = position_ids(mask)
         hidden, _ = model.hidden_states(ids, mask, positions)
         policy, _ = model.policy_logits(hidden, mask, positions)
         code = code_sampler.choose(policy[:, -1], generator)

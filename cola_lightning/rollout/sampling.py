@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import torch
 
+from cola_lightning.rollout.rl_maths import logprobs_at_temperature
+
 
 @dataclass
 class Sampler:
@@ -33,7 +35,7 @@ class Sampler:
 
     def log_probs(self, logits: torch.Tensor) -> torch.Tensor:
         """Untruncated log-probabilities at this sampler's temperature (..., N)."""
-        return torch.log_softmax(logits.float() / self.temperature, dim=-1)
+        return logprobs_at_temperature(logits, self.temperature)
 
     def truncate(self, logits: torch.Tensor) -> torch.Tensor:
         """Logits / temperature with everything outside top-k and top-p set to -inf."""
@@ -50,10 +52,19 @@ class Sampler:
         return logits
 
     def choose(
-        self, logits: torch.Tensor, generator: torch.Generator | None = None
+        self,
+        logits: torch.Tensor,
+        generator: torch.Generator | list[torch.Generator] | None = None,
     ) -> torch.Tensor:
-        """One index per row of logits (B, N) -> (B,)."""
+        """One index per row of logits (B, N) -> (B,).
+
+        `generator` may be one generator per row: each row's draws then depend on its own
+        stream only, not on which other rows share the batch (or the rank).
+        """
         if self.greedy:
             return logits.argmax(-1)
         probs = self.truncate(logits).softmax(-1)
+        if isinstance(generator, list):
+            draws = zip(probs, generator, strict=True)
+            return torch.cat([torch.multinomial(p, 1, generator=g) for p, g in draws])
         return torch.multinomial(probs, 1, generator=generator).squeeze(-1)

@@ -35,6 +35,7 @@ from cola_lightning.models.sharding import (
     ShardingConfig,
     build_sharded_cola_model,
     init_latent_parameters,
+    meta_causal_lm,
 )
 from cola_lightning.stages.losses import masked_cross_entropy, target_mask
 from cola_lightning.stages.optim import OptimizerConfig, build_optimizer, build_scheduler
@@ -114,6 +115,11 @@ class CoLAStage(L.LightningModule):
         self.model.requires_grad_(False)
         for part in self.trained_parts:
             getattr(self.model, part).requires_grad_(True)
+
+    def meta_model(self) -> CoLAModel:
+        """This stage's CoLA model on the meta device (an architecture without weights)."""
+        with torch.device("meta"):
+            return CoLAModel(Backbone(meta_causal_lm(self.backbone_spec)), self.cola_config)
 
     def build_model(self, spec: BackboneSpec) -> CoLAModel:
         """The CoLA model with the backbone's weights and freshly initialised latent parts.
@@ -197,7 +203,18 @@ class CoLAStage(L.LightningModule):
             if "stage" in self._rng_states_to_restore:
                 self.generator(self.device).set_state(self._rng_states_to_restore["stage"])
             self._rng_states_to_restore = None
+        self.set_training_modes()
         self._step_started = time.perf_counter()
+
+    def set_training_modes(self) -> None:
+        """Trained parts in train mode, frozen ones in eval mode (no dropout, LoRA's included).
+
+        Lightning puts the whole module in train mode; a frozen part with dropout would then
+        give noisy features, different from the same part's at generation or evaluation.
+        """
+        self.model.eval()
+        for part in self.trained_parts:
+            getattr(self.model, part).train()
 
     def on_train_batch_end(self, outputs, batch: dict, batch_idx: int) -> None:
         elapsed = time.perf_counter() - self._step_started

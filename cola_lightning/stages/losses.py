@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from cola_lightning.rollout.rl_maths import masked_mean
+
 
 def target_mask(batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Which next-token targets count (B, T-1): step t predicts token t+1.
@@ -17,12 +19,6 @@ def target_mask(batch: dict[str, torch.Tensor]) -> torch.Tensor:
     if "loss_mask" in batch:
         valid = valid & batch["loss_mask"][:, 1:].bool()
     return valid
-
-
-def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean of `values` over the positions where `mask` is true."""
-    mask = mask.to(values.dtype)
-    return (values * mask).sum() / mask.sum().clamp_min(1)
 
 
 def masked_cross_entropy(

@@ -9,9 +9,9 @@ trains only the policy, with greedy tokens, so all exploration is in the K codes
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import time
+import zlib
 from dataclasses import dataclass
 
 import torch
@@ -19,11 +19,12 @@ from torchmetrics import MeanMetric
 
 from cola_lightning.models.backbone import BackboneSpec
 from cola_lightning.models.cola import CoLAConfig
-from cola_lightning.models.sharding import ShardingConfig
+from cola_lightning.models.sharding import ShardingConfig, frozen_copy
 from cola_lightning.rewards.registry import CompositeReward, RewardSpec
-from cola_lightning.rollout.engine import GenerationConfig, Generator, Rollout, left_pad
+from cola_lightning.rollout import rl_maths
+from cola_lightning.rollout.engine import GenerationConfig, Generator
+from cola_lightning.rollout.rl_maths import ActionBatch, action_batch
 from cola_lightning.rollout.sampling import Sampler
-from cola_lightning.stages import rl_objectives as objectives
 from cola_lightning.stages.base import CoLAStage
 from cola_lightning.stages.optim import OptimizerConfig
 
@@ -34,14 +35,19 @@ class RLConfig:
 
     Args:
         algorithm: ``grpo`` (group-normalised rewards), ``remax`` (reward minus the greedy
-            rollout's) or ``ppo`` (critic-free PPO-clip: batch-normalised rewards, several epochs).
+            rollout's), ``ppo`` (critic-free PPO-clip: batch-normalised rewards, several epochs)
+            or ``ppo_gae`` (the reference code's PPO, DESIGN.md section 8: per-action reward
+            -kl_coef * KL_t plus the clipped sequence reward at the end, GAE with V = 0,
+            gamma 1, `gae_lambda`, advantages whitened over the rollout buffer).
         group_size: rollouts per prompt (GRPO, PPO); ReMax uses one sampled and one greedy.
-        kl_coef: weight of KL(pi || pi_ref) on the taken actions; 0 drops the reference copy.
+        kl_coef: weight of KL(pi || pi_ref) on the taken actions (in the loss; in the shaped
+            reward for ``ppo_gae``); 0 drops the reference copy.
         clip_eps: PPO clipping epsilon (the ratio is 1 on a first pass, so it bites from epoch 2).
         epochs: passes over each rollout batch.
         minibatches: minibatches per pass. Each minibatch is one optimiser step, and the
             Trainer's `max_steps` and `global_step` count optimiser steps.
         max_grad_norm: gradient clipping.
+        gae_lambda: GAE's lambda (``ppo_gae``).
     """
 
     algorithm: str = "grpo"
@@ -51,58 +57,13 @@ class RLConfig:
     epochs: int = 1
     minibatches: int = 1
     max_grad_norm: float = 1.0
+    gae_lambda: float = 0.95
 
     def __post_init__(self) -> None:
-        if self.algorithm not in objectives.ALGORITHMS:
-            raise ValueError(
-                f"Unknown RL algorithm {self.algorithm!r}; use {objectives.ALGORITHMS}."
-            )
+        if self.algorithm not in rl_maths.ALGORITHMS:
+            raise ValueError(f"Unknown RL algorithm {self.algorithm!r}; use {rl_maths.ALGORITHMS}.")
         if self.algorithm == "grpo" and self.group_size < 2:
             raise ValueError("GRPO needs group_size >= 2 (advantages are relative to the group).")
-
-
-@dataclass
-class ActionBatch:
-    """Rollouts as full sequences, with the action taken at each position that took one."""
-
-    input_ids: torch.Tensor  # (N, L), left-padded prompt + response
-    attention_mask: torch.Tensor  # (N, L)
-    position_ids: torch.Tensor  # (N, L)
-    actions: torch.Tensor  # (N, L) code or token chosen at that position (0 elsewhere)
-    action_mask: torch.Tensor  # (N, L) bool
-    old_logprobs: torch.Tensor  # (N, L) log-prob of the action when it was sampled
-
-    def select(self, rows: torch.Tensor) -> ActionBatch:
-        return ActionBatch(*(getattr(self, f.name)[rows] for f in dataclasses.fields(self)))
-
-
-def action_batch(rollout: Rollout, latent: bool, pad_id: int, device) -> ActionBatch:
-    """Aligns a rollout's actions with positions: the action at position p made token p + 1."""
-    sequences = [p + t for p, t in zip(rollout.prompt_ids, rollout.token_ids, strict=True)]
-    ids, mask = left_pad(sequences, pad_id)
-    actions = torch.zeros_like(ids)
-    old = torch.zeros(ids.shape, dtype=torch.float32)
-    taken = torch.zeros(ids.shape, dtype=torch.bool)
-    chosen = rollout.codes if latent else rollout.token_ids
-    logprobs = rollout.code_logprobs if latent else rollout.token_logprobs
-    width = ids.shape[1]
-    for row, (acts, lps) in enumerate(zip(chosen, logprobs, strict=True)):
-        start = width - len(acts) - 1
-        actions[row, start : width - 1] = torch.tensor(acts)
-        old[row, start : width - 1] = torch.tensor(lps)
-        taken[row, start : width - 1] = True
-    positions = (mask.cumsum(-1) - 1).clamp_min(0)
-    tensors = (ids, mask, positions, actions, taken, old)
-    return ActionBatch(*(t.to(device) for t in tensors))
-
-
-def gather_logprobs(
-    logits: torch.Tensor, actions: torch.Tensor, temperature: float
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Log-probabilities of `actions` and the entropy, at every position, at `temperature`."""
-    logprobs = torch.log_softmax(logits.float() / temperature, dim=-1)
-    entropy = -(logprobs.exp() * logprobs).sum(-1)
-    return logprobs.gather(-1, actions[..., None])[..., 0], entropy
 
 
 class RLStage(CoLAStage):
@@ -150,6 +111,13 @@ class RLStage(CoLAStage):
         self._step_tokens = 0
 
     @staticmethod
+    def default_optimizer() -> OptimizerConfig:
+        """The published RL lr (5e-7, constant) with the reference's betas and no weight decay."""
+        return OptimizerConfig(
+            lr=5e-7, min_lr=5e-7, warmup_steps=0, weight_decay=0.0, betas=(0.9, 0.95)
+        )
+
+    @staticmethod
     def default_generation() -> GenerationConfig:
         return GenerationConfig(max_new_tokens=64)
 
@@ -164,14 +132,29 @@ class RLStage(CoLAStage):
             return
         super().configure_model()
         if self.rl.kl_coef > 0:
-            part = getattr(self.model, self.trained_parts[0])
-            self.reference = copy.deepcopy(part).requires_grad_(False).eval()
+            # Built and sharded like the trained part (a sharded module cannot be deep-copied).
+            part = self.trained_parts[0]
+            self.reference = frozen_copy(
+                getattr(self.model, part),
+                lambda: getattr(self.meta_model(), part),
+                self._device_mesh,
+                self.sharding_config,
+            )
+
+    def set_training_modes(self) -> None:
+        super().set_training_modes()
+        if self.reference is not None:
+            self.reference.eval()
 
     def action_logprobs(
         self, batch: ActionBatch, with_reference: bool
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """(log pi(action), entropy, log pi_ref(action) or None) at every position (N, L)."""
         raise NotImplementedError  # each RL stage says what its actions are
+
+    def reference_logprobs(self, batch: ActionBatch) -> torch.Tensor:
+        """log pi_ref(action) at every position (N, L)."""
+        return self.action_logprobs(batch, with_reference=True)[2]
 
     def greedy_config(self) -> GenerationConfig:
         return dataclasses.replace(
@@ -185,11 +168,25 @@ class RLStage(CoLAStage):
             The `Rollout`, the rewards (N,) on this module's device, and the reward error count.
         """
         engine = Generator(self.model, self.tokenizer, config)
-        result = engine.generate(
-            [r["prompt"] for r in records], "latent" if self.latent else "token"
-        )
+        prompts = [r["prompt"] for r in records]
+        mode = "latent" if self.latent else "token"
+        result = engine.generate(prompts, mode, generator=self.streams(prompts))
         rewards, errors = self.reward([r["prompt"] for r in records], result.texts, records)
         return result, rewards.to(self.device), errors
+
+    def streams(self, prompts: list[str]) -> list[torch.Generator]:
+        """One random stream per rollout, seeded by (seed, step, prompt, copy of the prompt).
+
+        A rollout's samples then depend on its prompt alone, not on which rank or batch it is
+        in: a sharded run samples exactly what a single process does with the same global batch.
+        """
+        copies: dict[str, int] = {}
+        generators = []
+        for prompt in prompts:
+            copies[prompt] = copies.get(prompt, -1) + 1
+            key = f"{self._seed}/{self.global_step}/{copies[prompt]}/{prompt}"
+            generators.append(torch.Generator(self.device).manual_seed(zlib.crc32(key.encode())))
+        return generators
 
     def training_step(self, batch: list[dict], batch_idx: int) -> None:
         started = time.perf_counter()
@@ -199,13 +196,15 @@ class RLStage(CoLAStage):
         if self.rl.algorithm == "remax":
             _, greedy_rewards, greedy_errors = self.rollout(batch, self.greedy_config())
             errors += greedy_errors
-            advantages = objectives.remax_advantages(rewards, greedy_rewards)
+            advantages = rl_maths.remax_advantages(rewards, greedy_rewards)
         elif self.rl.algorithm == "grpo":
-            advantages = objectives.group_advantages(rewards, group)
+            advantages = rl_maths.group_advantages(rewards, group)
         else:
-            advantages = objectives.batch_advantages(rewards)
+            advantages = rl_maths.batch_advantages(rewards)
         rolled = time.perf_counter()
         actions = action_batch(result, self.latent, self.tokenizer.pad_token_id, self.device)
+        if self.rl.algorithm == "ppo_gae":
+            advantages = self.gae_advantages(actions, rewards)
         stats = self.update(actions, advantages)
         updated = time.perf_counter()
         self._step_tokens = sum(len(t) for t in result.token_ids)
@@ -239,23 +238,40 @@ class RLStage(CoLAStage):
                 self.manual_backward(stats.pop("loss"))
                 self.clip_gradients(optimizer, gradient_clip_val=self.rl.max_grad_norm)
                 optimizer.step()
-        scheduler.step()
+                scheduler.step()  # per optimiser step, as `max_steps` counts them
         return stats
+
+    def gae_advantages(self, batch: ActionBatch, rewards: torch.Tensor) -> torch.Tensor:
+        """``ppo_gae``'s per-action advantages, the KL measured on the rollout's own log-probs."""
+        if self.reference is None:
+            reference = batch.old_logprobs  # kl_coef 0: no KL term in the reward
+        else:
+            with torch.no_grad():
+                reference = self.reference_logprobs(batch)
+        return rl_maths.ppo_gae_advantages(
+            rewards,
+            batch.old_logprobs,
+            reference,
+            batch.action_mask,
+            self.rl.kl_coef,
+            self.rl.gae_lambda,
+        )
 
     def policy_step(self, batch: ActionBatch, advantages: torch.Tensor) -> dict[str, torch.Tensor]:
         """The loss of one minibatch, with what to log about it."""
-        with_reference = self.reference is not None
+        # ppo_gae has its KL in the shaped reward; the others add it to the loss.
+        with_reference = self.reference is not None and self.rl.algorithm != "ppo_gae"
         logprobs, entropy, reference = self.action_logprobs(batch, with_reference)
-        loss, clip_frac = objectives.clipped_policy_loss(
+        loss, clip_frac = rl_maths.clipped_policy_loss(
             logprobs, batch.old_logprobs, advantages, batch.action_mask, self.rl.clip_eps
         )
         stats = {
             "rl/policy_loss": loss.detach(),
             "rl/clip_frac": clip_frac,
-            "rl/policy_entropy": objectives.sequence_mean(entropy.detach(), batch.action_mask),
+            "rl/policy_entropy": rl_maths.sequence_mean(entropy.detach(), batch.action_mask),
         }
         if with_reference:
-            kl = objectives.kl_to_reference(logprobs, reference, batch.action_mask)
+            kl = rl_maths.kl_to_reference(logprobs, reference, batch.action_mask)
             loss = loss + self.rl.kl_coef * kl
             stats["rl/kl"] = kl.detach()
         stats["loss"] = loss
@@ -280,19 +296,15 @@ class LatentRLModule(RLStage):
     trained_parts = ("policy",)
     latent = True
 
-    @staticmethod
-    def default_optimizer() -> OptimizerConfig:
-        return OptimizerConfig(lr=5e-7, min_lr=5e-7, warmup_steps=0)
-
     def action_logprobs(self, batch, with_reference):
         hidden, _ = self.model.hidden_states(
             batch.input_ids, batch.attention_mask, batch.position_ids
         )
         logits, _ = self.model.policy(hidden, batch.attention_mask, batch.position_ids)
-        logprobs, entropy = gather_logprobs(logits, batch.actions, self.temperature)
+        logprobs, entropy = rl_maths.action_logprobs(logits, batch.actions, self.temperature)
         reference = None
         if with_reference:
             with torch.no_grad():
                 ref_logits, _ = self.reference(hidden, batch.attention_mask, batch.position_ids)
-            reference, _ = gather_logprobs(ref_logits, batch.actions, self.temperature)
+            reference, _ = rl_maths.action_logprobs(ref_logits, batch.actions, self.temperature)
         return logprobs, entropy, reference

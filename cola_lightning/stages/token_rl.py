@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import torch
 
+from cola_lightning.models.backbone import Readout
 from cola_lightning.rollout.engine import GenerationConfig
+from cola_lightning.rollout.rl_maths import action_logprobs
 from cola_lightning.rollout.sampling import Sampler
-from cola_lightning.stages.optim import OptimizerConfig
-from cola_lightning.stages.rl import RLStage, gather_logprobs
+from cola_lightning.stages.rl import RLStage
 
 
 class TokenRLModule(RLStage):
@@ -23,23 +24,19 @@ class TokenRLModule(RLStage):
     latent = False
 
     @staticmethod
-    def default_optimizer() -> OptimizerConfig:
-        return OptimizerConfig(lr=5e-7, min_lr=5e-7, warmup_steps=0)
-
-    @staticmethod
     def default_generation() -> GenerationConfig:
         return GenerationConfig(max_new_tokens=64, token=Sampler(temperature=1.0))
 
     def action_logprobs(self, batch, with_reference):
         args = (batch.input_ids, batch.attention_mask, batch.position_ids)
         hidden, _ = self.model.hidden_states(*args)
-        logprobs, entropy = gather_logprobs(
+        logprobs, entropy = action_logprobs(
             self.model.base_logits(hidden), batch.actions, self.temperature
         )
         reference = None
         if with_reference:
             with torch.no_grad():
                 ref_hidden, _ = self.reference(*args)
-                ref_logits = self.reference.lm_head(ref_hidden)
-            reference, _ = gather_logprobs(ref_logits, batch.actions, self.temperature)
+                ref_logits = self.reference(readout=Readout(ref_hidden))
+            reference, _ = action_logprobs(ref_logits, batch.actions, self.temperature)
         return logprobs, entropy, reference

@@ -68,7 +68,20 @@ def test_lora_changes_only_adapters(stage_one_b_checkpoint):
     assert changed and all(".lora_B." in k or ".lora_A." in k for k in changed)
 
 
-def test_qlora_base_layers_are_4bit_and_training_reduces_the_loss(stage_one_b_checkpoint):
+@pytest.fixture(params=[False, True], ids=["cpu-as-is", "avx512bf16-forced"])
+def avx512bf16(request, monkeypatch):
+    """Runs a test as this CPU is, and again as if it had AVX512-BF16 (bitsandbytes' repacking
+    path, which depends on the machine: DESIGN.md section 9)."""
+    import bitsandbytes.nn.modules as bnb_modules
+
+    if request.param:
+        monkeypatch.setattr(bnb_modules, "has_avx512bf16", lambda: True)
+    return request.param
+
+
+def test_qlora_base_layers_are_4bit_and_training_reduces_the_loss(
+    stage_one_b_checkpoint, avx512bf16
+):
     import bitsandbytes as bnb
 
     path, _ = stage_one_b_checkpoint
@@ -83,6 +96,28 @@ def test_qlora_base_layers_are_4bit_and_training_reduces_the_loss(stage_one_b_ch
     trainer.fit(module, data)
     trainer.validate(module, data, verbose=False)
     assert trainer.callback_metrics["val/wm_nll"].item() < before - 0.05
+
+
+def test_qlora_outputs_in_training_are_the_same_before_and_after_an_evaluation_call(
+    stage_one_b_checkpoint, avx512bf16
+):
+    import bitsandbytes as bnb
+
+    module = stage_two(stage_one_b_checkpoint[0], quantization="nf4", lora=LoraSpec(rank=4))
+    layers = [m for m in module.model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    assert layers and not any(layer.support_avx512bf16_for_cpu for layer in layers)
+    ids = torch.randint(0, 256, (2, 12))
+    module.model.train()
+    torch.manual_seed(0)
+    before, _ = module.model.hidden_states(ids)
+    module.model.eval()
+    with torch.no_grad():
+        evaluated, _ = module.model.hidden_states(ids)
+    module.model.train()
+    torch.manual_seed(0)  # the same LoRA dropout draws as before
+    after, _ = module.model.hidden_states(ids)
+    assert torch.equal(before, after)
+    assert evaluated.shape == before.shape
 
 
 def test_quantised_weights_cannot_be_trained_without_lora(stage_one_b_checkpoint):

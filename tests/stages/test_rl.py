@@ -1,15 +1,18 @@
 """Stage 3: what RL trains, the objectives' algebra, a toy task it must learn, reward failures."""
 
+import dataclasses
+
 import pytest
 import torch
 
 from cola_lightning.data.tasks import TaskPromptDataModule
 from cola_lightning.rewards.registry import RewardSpec
+from cola_lightning.rollout import rl_maths as objectives
 from cola_lightning.rollout.engine import GenerationConfig, Generator
+from cola_lightning.rollout.rl_maths import action_batch
 from cola_lightning.rollout.sampling import Sampler
-from cola_lightning.stages import rl_objectives as objectives
 from cola_lightning.stages.optim import OptimizerConfig
-from cola_lightning.stages.rl import LatentRLModule, RLConfig, action_batch
+from cola_lightning.stages.rl import LatentRLModule, RLConfig
 from cola_lightning.stages.token_rl import TokenRLModule
 from tests.conftest import TINY_COLA, tiny_spec, tiny_trainer
 
@@ -210,3 +213,62 @@ def test_token_rl_trains_only_the_backbone(stage_one_b_checkpoint):
     changed = {k for k in after if not torch.equal(after[k], before[k])}
     assert changed and all(k.startswith("backbone.") for k in changed)
     assert trainer.callback_metrics["rl/kl"].item() == 0.0
+
+
+def test_ppo_gae_advantages_match_a_hand_computed_example():
+    # Row 0: two actions, KL estimates 0.5 and -1, sequence reward 20 (clipped to 10).
+    # Row 1: one action, no KL, reward -1.
+    mask = torch.tensor([[0, 1, 1, 0], [0, 0, 1, 0]], dtype=torch.bool)
+    logprobs = torch.tensor([[0.0, -1.0, -2.0, 0.0], [0.0, 0.0, -0.3, 0.0]])
+    reference = torch.tensor([[0.0, -1.5, -1.0, 0.0], [0.0, 0.0, -0.3, 0.0]])
+    rewards = torch.tensor([20.0, -1.0])
+    advantages = objectives.ppo_gae_advantages(rewards, logprobs, reference, mask, 0.1, 0.95)
+    a12 = -0.1 * 1.0 * -1 + 10.0  # 10.1: -beta * KL_t plus the clipped reward
+    a11 = -0.1 * 0.5 + 0.95 * a12  # 9.545: gamma 1, lambda 0.95, V = 0
+    a22 = -1.0
+    raw = torch.tensor([a11, a12, a22])
+    whitened = (raw - raw.mean()) / raw.var(unbiased=False).add(1e-8).sqrt()
+    expected = torch.tensor([[0.0, whitened[0], whitened[1], 0.0], [0.0, 0.0, whitened[2], 0.0]])
+    torch.testing.assert_close(advantages, expected)
+
+
+def test_clip_frac_counts_only_actions_on_the_clipped_branch():
+    # ratios 1.5, 0.5, 0.5, 1.5 with advantages +, +, -, -: only the 1st and 3rd take the
+    # clipped term (which has zero gradient); the 2nd and 4th are outside the range but
+    # the unclipped term is the smaller one there.
+    old = torch.zeros(1, 4)
+    logprobs = torch.log(torch.tensor([[1.5, 0.5, 0.5, 1.5]]))
+    advantages = torch.tensor([[1.0, 1.0, -1.0, -1.0]])
+    mask = torch.ones(1, 4, dtype=torch.bool)
+    _, clip_frac = objectives.clipped_policy_loss(logprobs, old, advantages, mask, 0.2)
+    assert clip_frac.item() == 0.5
+
+
+def test_first_pass_ratio_is_one_with_lora_dropout(stage_one_b_checkpoint):
+    """Rollouts in eval mode, frozen parts in eval mode for the update: ratio 1 on fresh data."""
+    from cola_lightning.models.adapters import LoraSpec
+
+    module = LatentRLModule(
+        dataclasses.replace(tiny_spec(), lora=LoraSpec(rank=4, alpha=8, dropout=0.05)),
+        init_from=str(stage_one_b_checkpoint[0]),
+        cola=TINY_COLA,
+        rl=RLConfig(kl_coef=0.0),
+        rewards=[RewardSpec("tests.stages.test_rl:length_reward")],
+        accuracy_reward="arithmetic",
+        generation=GenerationConfig(max_new_tokens=8),
+    )
+    module.configure_model()
+    for name, parameter in module.model.named_parameters():
+        if "lora_B" in name:  # as after a LoRA stage 2: adapters that change the features
+            torch.nn.init.normal_(parameter, std=0.5)
+    module.model.train()  # as Lightning leaves it
+    data = task_data()
+    data.setup()
+    rollout, _, _ = module.rollout(data.splits["train"][:4], module.generation)
+    batch = action_batch(rollout, True, 256, "cpu")
+    module.model.train()
+    module.set_training_modes()
+    logprobs, _, _ = module.action_logprobs(batch, with_reference=False)
+    delta = (logprobs - batch.old_logprobs)[batch.action_mask]
+    assert delta.abs().max().item() < 1e-5
+    assert module.model.policy.training and not module.model.backbone.training

@@ -1,0 +1,129 @@
+"""Sharded RL on CPU: two gloo processes under `ModelParallelStrategy` (FSDP2) follow one process.
+
+Latent RL runs the paper-scale config (configs/llama3_1_8b/latent_rl.yaml) on a tiny saved
+backbone, with its KL reference sharded like the policy; token RL shards the backbone and its
+reference. Stop strings make rollouts end at different lengths on the two ranks, so the ranks must
+leave the decode loop together. Each rank writes its own statistics per step.
+"""
+
+from __future__ import annotations
+
+import json
+
+import lightning as L
+import pytest
+import torch
+import yaml
+from transformers import AutoConfig, AutoModelForCausalLM
+
+from tests.conftest import REPO, TINY, run_cli
+
+STEPS = 3
+TAGS = ("rl/policy_loss", "rl/kl", "rl/response_tokens", "timing/rollout_s", "timing/update_s")
+
+
+class WriteRankStats(L.Callback):
+    """Every rank appends its own logged RL values, per step, to rank_stats_<rank>.jsonl."""
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        metrics = trainer.callback_metrics
+        row = {"step": trainer.global_step, **{t: float(metrics[t]) for t in TAGS}}
+        with open(f"rank_stats_{trainer.global_rank}.jsonl", "a") as file:
+            file.write(json.dumps(row) + "\n")
+
+
+def write_config(tmp_path, base: str, name: str, devices: int) -> str:
+    config = yaml.safe_load((REPO / base).read_text())
+    args = config["model"]["init_args"]
+    args.update(
+        init_from=None,
+        backbone={"source": "tiny", "tokenizer": "bytes"},
+        cola={"num_codes": 8, "idm_layers": 1, "policy_layers": 1, "merge_layers": 1},
+        optimizer={"lr": 1e-2, "min_lr": 1e-2, "warmup_steps": 0},
+        rl={"algorithm": "grpo", "group_size": 2, "kl_coef": 0.1},
+        rewards=[{"name": "tests.stages.test_rl:length_reward"}],
+        accuracy_reward="arithmetic",
+        sharding=None,
+    )
+    sampler = "code" if "latent" in base else "token"
+    args["generation"] = {
+        "max_new_tokens": 8,
+        sampler: {"temperature": 1.0},
+        "stop_strings": list("0123456789 abcdefghijklmnop"),  # uneven lengths per rank
+    }
+    config["data"] = {
+        "class_path": "cola_lightning.data.tasks.TaskPromptDataModule",
+        "init_args": {
+            "task": "arithmetic",
+            "num_problems": 5,  # 4 train prompts: every step's global batch is all of them
+            "tokenizer": "bytes",
+            "batch_size": 4 // devices,
+            "val_size": 1,
+        },
+    }
+    trainer = config["trainer"]
+    trainer.update(
+        accelerator="cpu",
+        devices=devices,
+        num_nodes=1,
+        max_steps=STEPS,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        enable_progress_bar=False,
+        callbacks=[{"class_path": "tests.stages.test_fsdp_rl.WriteRankStats"}],
+    )
+    trainer["logger"] = False
+    trainer.pop("val_check_interval", None)
+    if devices > 1:
+        trainer["strategy"] = {
+            "class_path": "lightning.pytorch.strategies.ModelParallelStrategy",
+            "init_args": {"data_parallel_size": devices, "tensor_parallel_size": 1},
+        }
+    else:
+        trainer.pop("strategy", None)
+    path = tmp_path / name / "config.yaml"
+    path.parent.mkdir()
+    (path.parent / "tiny").symlink_to(tmp_path / "tiny")
+    path.write_text(yaml.safe_dump(config))
+    return str(path)
+
+
+def rank_stats(folder, rank: int) -> list[dict]:
+    lines = (folder / f"rank_stats_{rank}.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines]
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("fsdp_rl")
+    torch.manual_seed(0)
+    lm = AutoModelForCausalLM.from_config(AutoConfig.for_model(model_type="llama", **TINY))
+    lm.save_pretrained(tmp_path / "tiny")
+    return tmp_path
+
+
+@pytest.mark.parametrize(
+    "base", ["configs/llama3_1_8b/latent_rl.yaml", "configs/test/token_rl.yaml"]
+)
+def test_two_ranks_follow_one_process_with_uneven_rollouts(tiny_dir, base):
+    kind = "latent" if "latent" in base else "token"
+    runs = {}
+    for name, devices in ((f"{kind}_single", 1), (f"{kind}_sharded", 2)):
+        config = write_config(tiny_dir, base, name, devices)
+        result = run_cli(["fit", "--config", config], tiny_dir / name)
+        assert result.returncode == 0, result.stderr[-3000:]
+        runs[devices] = [rank_stats(tiny_dir / name, r) for r in range(devices)]
+    (single,), (rank0, rank1) = runs[1], runs[2]
+    assert len(single) == len(rank0) == len(rank1) == STEPS
+    # The ranks' rollouts had different lengths at some step, and the run still finished.
+    lengths = [
+        (a["rl/response_tokens"], b["rl/response_tokens"])
+        for a, b in zip(rank0, rank1, strict=True)
+    ]
+    assert any(a != b for a, b in lengths), lengths
+    for one, a, b in zip(single, rank0, rank1, strict=True):
+        # float32 sums in another order (two ranks, FSDP's gradient reduction) move the KL,
+        # a small difference of log-probs after full-backbone steps at lr 1e-2, by ~1e-3.
+        for tag, rel in (("rl/policy_loss", 1e-4), ("rl/response_tokens", 1e-6), ("rl/kl", 5e-3)):
+            assert (a[tag] + b[tag]) / 2 == pytest.approx(one[tag], rel=rel, abs=1e-6), tag
+    assert any(step["rl/kl"] > 0 for step in single[1:])  # the policy moved from the reference
