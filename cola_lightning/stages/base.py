@@ -16,19 +16,21 @@ import numpy as np
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 
+from cola_lightning.checkpoints.format import (
+    BACKBONE_PREFIX,
+    STAGE_KEY,
+    STATE_PREFIX,
+    check_state_keys,
+    load_adapters,
+    load_stage_checkpoint,
+    stage_class_path,
+)
 from cola_lightning.models.adapters import is_adapter_key
 from cola_lightning.models.backbone import (
     Backbone,
     BackboneSpec,
     load_causal_lm,
     load_tokenizer,
-)
-from cola_lightning.models.checkpoint import (
-    BACKBONE_PREFIX,
-    STATE_PREFIX,
-    check_state_keys,
-    load_adapters,
-    load_stage_checkpoint,
 )
 from cola_lightning.models.cola import CoLAConfig, CoLAModel
 from cola_lightning.models.sharding import (
@@ -159,7 +161,7 @@ class CoLAStage(L.LightningModule):
         return not self.trains_backbone or self.backbone_spec.lora is not None
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["cola_stage"] = f"{type(self).__module__}.{type(self).__qualname__}"
+        checkpoint[STAGE_KEY] = stage_class_path(self)
         checkpoint[RNG_STATES] = rng_states()
         if self._generator is not None:
             checkpoint[RNG_STATES]["stage"] = self._generator.get_state()

@@ -16,7 +16,7 @@ from safetensors.torch import save_file
 
 from cola_lightning.models.adapters import dequantize_linear_layers, merge_lora
 from cola_lightning.models.backbone import Backbone, BackboneSpec
-from cola_lightning.models.checkpoint import (
+from cola_lightning.checkpoints.format import (
     BACKBONE_PREFIX,
     COLA_WEIGHTS,
     check_state_keys,

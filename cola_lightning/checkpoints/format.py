@@ -1,4 +1,4 @@
-"""Hand-off between stages: load a previous stage's checkpoint into a CoLA model, loudly.
+"""The stage-checkpoint format: what a stage writes, and loading it into a CoLA model, loudly.
 
 A stage checkpoint holds every latent part (inverse dynamics, codebook, world model, policy). It
 holds the backbone only when the backbone cannot be reloaded from its source (it was trained, or
@@ -8,6 +8,7 @@ half-loaded model that trains on silently random weights is the worst failure th
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
 import torch
@@ -18,7 +19,8 @@ from cola_lightning.models.adapters import is_adapter_key
 
 STATE_PREFIX = "model."  # the attribute under which every stage holds its CoLAModel
 BACKBONE_PREFIX = "backbone."
-COLA_WEIGHTS = "cola.safetensors"  # the latent parts in an export directory (models/export.py)
+COLA_WEIGHTS = "cola.safetensors"  # the latent parts in an export directory (export.py)
+STAGE_KEY = "cola_stage"  # the class path of the stage that wrote a checkpoint
 # Written beside the shards of a distributed checkpoint by `ModelParallelStrategy`.
 SHARDED_METADATA = "meta.pt"
 
@@ -60,6 +62,26 @@ def read_checkpoint(path: str | Path) -> dict:
     if "state_dict" not in checkpoint:
         raise ValueError(f"{path} is not a Lightning checkpoint (it has no 'state_dict').")
     return checkpoint
+
+
+def stage_class_path(stage: object) -> str:
+    """What `STAGE_KEY` holds for a stage: its class's import path."""
+    return f"{type(stage).__module__}.{type(stage).__qualname__}"
+
+
+def load_stage(checkpoint_path: str | Path):
+    """The stage module a checkpoint was written by, with its weights."""
+    checkpoint = read_checkpoint(checkpoint_path)
+    # LightningCLI also records the class path among the hyper-parameters.
+    class_path = checkpoint.get(STAGE_KEY) or checkpoint.get("hyper_parameters", {}).get(
+        "_class_path"
+    )
+    if class_path is None:
+        raise ValueError(f"{checkpoint_path} was not written by a cola_lightning stage.")
+    module_name, class_name = class_path.rsplit(".", 1)
+    stage = getattr(importlib.import_module(module_name), class_name)
+    # Our own checkpoints carry hyper-parameter dataclasses, so they are not weights-only.
+    return stage.load_from_checkpoint(checkpoint_path, map_location="cpu", weights_only=False)
 
 
 def consolidate_checkpoint(sharded: str | Path, out: str | Path) -> Path:
