@@ -142,7 +142,7 @@ def check_state_keys(expected: set[str], found: set[str], optional: set[str], so
     if missing or unexpected:
         raise KeyError(
             f"{source} does not match the model: {len(missing)} missing tensors "
-            f"{_preview(missing)}, {len(unexpected)} unexpected tensors {_preview(unexpected)}. "
+            f"{preview_keys(missing)}, {len(unexpected)} unexpected tensors {preview_keys(unexpected)}. "
             "Check that the model config (backbone, num_codes, layer counts) matches the stage "
             "that wrote the checkpoint."
         )
@@ -180,6 +180,6 @@ def load_adapters(model: nn.Module, adapters: dict[str, torch.Tensor], source: s
     load_full_state(model, adapters)
 
 
-def _preview(keys: list[str], limit: int = 5) -> str:
+def preview_keys(keys: list[str], limit: int = 5) -> str:
     shown = ", ".join(keys[:limit])
     return f"[{shown}{', ...' if len(keys) > limit else ''}]"
