@@ -38,6 +38,7 @@ from cola_lightning.models.sharding import (
     build_sharded_cola_model,
     init_latent_parameters,
 )
+from cola_lightning.models.steps import at_steps, next_token_pairs
 from cola_lightning.stages.losses import masked_cross_entropy, target_mask
 from cola_lightning.stages.optim import OptimizerConfig, build_optimizer, build_scheduler
 
@@ -228,23 +229,23 @@ class CoLAStage(L.LightningModule):
         """The policy's argmax codes (B, T-1), without autograd."""
         with torch.no_grad():
             logits, _ = self.model.policy_logits(hidden, batch["attention_mask"])
-        return logits[:, :-1].argmax(-1)
+        return at_steps(logits).argmax(-1)
 
     def world_model_nll(
         self, hidden: torch.Tensor, codes: torch.Tensor, batch: dict
     ) -> torch.Tensor:
-        logits = self.model.world_model_logits(hidden[:, :-1], codes)
-        return masked_cross_entropy(logits, batch["input_ids"][:, 1:], target_mask(batch))
+        states, targets = next_token_pairs(hidden, batch["input_ids"])
+        logits = self.model.world_model_logits(states, codes)
+        return masked_cross_entropy(logits, targets, target_mask(batch))
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         hidden = self.features(batch)
         codes = self.idm_codes(hidden, batch)
+        states, targets = next_token_pairs(hidden, batch["input_ids"])
         metrics = {
             "val/wm_nll": self.world_model_nll(hidden, codes, batch),
             "val/base_nll": masked_cross_entropy(
-                self.model.base_logits(hidden[:, :-1]),
-                batch["input_ids"][:, 1:],
-                target_mask(batch),
+                self.model.base_logits(states), targets, target_mask(batch)
             ),
         }
         metrics.update(self.extra_validation_metrics(hidden, codes, batch))

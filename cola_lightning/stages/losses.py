@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from cola_lightning.models.steps import at_next, at_steps
+
 
 def target_mask(batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Which next-token targets count (B, T-1): step t predicts token t+1.
@@ -13,9 +15,9 @@ def target_mask(batch: dict[str, torch.Tensor]) -> torch.Tensor:
     (response-only training), when the target token is marked.
     """
     mask = batch["attention_mask"].bool()
-    valid = mask[:, :-1] & mask[:, 1:]
+    valid = at_steps(mask) & at_next(mask)
     if "loss_mask" in batch:
-        valid = valid & batch["loss_mask"][:, 1:].bool()
+        valid = valid & at_next(batch["loss_mask"]).bool()
     return valid
 
 
