@@ -15,17 +15,17 @@ from pathlib import Path
 from safetensors.torch import save_file
 
 from cola_lightning.models.adapters import dequantize_linear_layers, merge_lora
-from cola_lightning.models.backbone import Backbone, BackboneSpec
+from cola_lightning.models.backbone import Backbone, BackboneSpec, load_tokenizer
 from cola_lightning.checkpoints.format import (
     BACKBONE_PREFIX,
+    COLA_CONFIG,
     COLA_WEIGHTS,
     check_state_keys,
     is_export_dir,
+    load_stage,
     read_export_state,
 )
 from cola_lightning.models.cola import CoLAConfig, CoLAModel
-
-COLA_CONFIG = "cola_config.json"
 
 
 def export_cola(model: CoLAModel, tokenizer, out_dir: str | Path) -> Path:
@@ -66,3 +66,22 @@ def load_cola_export(path: str | Path) -> CoLAModel:
     check_state_keys(expected, set(state), set(), str(path))
     model.load_state_dict(state, strict=False)
     return model
+
+
+def load_cola(path: str | Path) -> tuple[CoLAModel, object]:
+    """A CoLA model (in eval mode) and its tokenizer from any checkpoint this framework reads.
+
+    That is an export directory, a released CoLA checkpoint directory, or a stage checkpoint
+    (rebuilt from its own hyper-parameters, so its `init_from` chain must still exist).
+    """
+    from cola_lightning.checkpoints.released import INDEX, load_released
+
+    path = Path(path).expanduser()
+    if is_export_dir(path):
+        model, tokenizer = load_cola_export(path), load_tokenizer(str(path))
+    elif path.is_dir() and (path / INDEX).is_file():
+        model, tokenizer = load_released(path), load_tokenizer(str(path))
+    else:
+        stage = load_stage(path)
+        model, tokenizer = stage.model, stage.tokenizer
+    return model.eval(), tokenizer

@@ -8,7 +8,9 @@ half-loaded model that trains on silently random weights is the worst failure th
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
+import json
 from pathlib import Path
 
 import torch
@@ -20,6 +22,7 @@ from cola_lightning.models.adapters import is_adapter_key
 STATE_PREFIX = "model."  # the attribute under which every stage holds its CoLAModel
 BACKBONE_PREFIX = "backbone."
 COLA_WEIGHTS = "cola.safetensors"  # the latent parts in an export directory (export.py)
+COLA_CONFIG = "cola_config.json"  # the latent parts' sizes in an export directory
 STAGE_KEY = "cola_stage"  # the class path of the stage that wrote a checkpoint
 # Written beside the shards of a distributed checkpoint by `ModelParallelStrategy`.
 SHARDED_METADATA = "meta.pt"
@@ -82,6 +85,34 @@ def load_stage(checkpoint_path: str | Path):
     stage = getattr(importlib.import_module(module_name), class_name)
     # Our own checkpoints carry hyper-parameter dataclasses, so they are not weights-only.
     return stage.load_from_checkpoint(checkpoint_path, map_location="cpu", weights_only=False)
+
+
+def stage_settings(path: str | Path) -> tuple[dict, dict]:
+    """The backbone spec and CoLA sizes (as dicts) a stage checkpoint or export was written with.
+
+    Lets a consumer (evaluation, the atlas) load a checkpoint without restating its backbone:
+    a stage-2 checkpoint's LoRA settings, for one, must match the adapters it holds.
+    """
+    path = Path(path).expanduser()
+    if is_export_dir(path):
+        return {"source": str(path)}, json.loads((path / COLA_CONFIG).read_text())
+    if is_sharded_checkpoint(path):
+        raise ValueError(f"{path} is sharded: consolidate it first (python -m cola_lightning.export).")
+    if not path.is_file():
+        raise FileNotFoundError(f"Checkpoint not found: {path}.")
+    checkpoint = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    settings = checkpoint.get("hyper_parameters", {})
+    if "backbone" not in settings:
+        raise ValueError(f"{path} records no backbone: it was not written by a cola_lightning stage.")
+    return (
+        dataclass_dict(settings["backbone"]),
+        dataclass_dict(settings.get("cola") or {}),
+    )
+
+
+def dataclass_dict(value) -> dict:
+    """A hyper-parameter as a plain dict (checkpoints hold dicts or dataclasses)."""
+    return dataclasses.asdict(value) if dataclasses.is_dataclass(value) else dict(value)
 
 
 def consolidate_checkpoint(sharded: str | Path, out: str | Path) -> Path:

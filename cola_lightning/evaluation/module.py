@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cola_lightning.checkpoints.format import stage_settings
 from cola_lightning.evaluation.estimators import (
     bootstrap_interval,
     majority_at_k,
@@ -58,9 +59,9 @@ class EvaluationModule(CoLAStage):
     """Evaluates a CoLA model; trains nothing.
 
     Args:
-        backbone: the pretrained LM (as the checkpoint's stages had it).
+        backbone: the pretrained LM; None takes the one `init_from` records (with its LoRA).
         init_from: the stage checkpoint (or export directory) to evaluate.
-        cola: sizes of the latent-action parts (must match the checkpoint).
+        cola: sizes of the latent-action parts; None takes those `init_from` records.
         mode: ``latent`` (policy + world model) or ``token`` (the plain backbone) for generation
             and for multiple-choice scoring. Perplexity always reports both.
         generation: lengths, stop strings and the samplers of the `samples` completions; the
@@ -76,7 +77,7 @@ class EvaluationModule(CoLAStage):
 
     def __init__(
         self,
-        backbone: BackboneSpec,
+        backbone: BackboneSpec | None = None,
         init_from: str | None = None,
         cola: CoLAConfig | None = None,
         mode: str = "latent",
@@ -88,6 +89,11 @@ class EvaluationModule(CoLAStage):
         results_file: str | None = None,
         seed: int = 0,
     ) -> None:
+        if backbone is None:
+            if init_from is None:
+                raise ValueError("Give `init_from` (a checkpoint to evaluate) or a `backbone`.")
+            backbone, recorded = stage_settings(init_from)
+            cola = cola or CoLAConfig(**recorded)
         super().__init__(backbone, cola, init_from=init_from)
         if mode not in MODES:
             raise ValueError(f"Unknown mode {mode!r}; use one of {MODES}.")
