@@ -72,7 +72,7 @@ class EvaluationModule(CoLAStage):
         confidence: the level of every interval.
         results_file: where the JSON goes; None writes ``results.json`` in the logger's directory
             (or the working directory without a logger).
-        seed: seed of the sampling generator.
+        sampling_seed: seed of the sampling generator (not `seed`: data modules own that name).
     """
 
     def __init__(
@@ -87,7 +87,7 @@ class EvaluationModule(CoLAStage):
         accuracy_reward: str = "math",
         confidence: float = 0.95,
         results_file: str | None = None,
-        seed: int = 0,
+        sampling_seed: int = 0,
     ) -> None:
         if backbone is None:
             if init_from is None:
@@ -100,7 +100,7 @@ class EvaluationModule(CoLAStage):
         self.ks = sorted(set(ks or ([1, samples] if samples else [])))
         if any(not 1 <= k <= samples for k in self.ks):
             raise ValueError(f"Every k in ks={self.ks} must lie in [1, samples={samples}].")
-        self.mode, self.samples, self.seed = mode, samples, seed
+        self.mode, self.samples, self.sampling_seed = mode, samples, sampling_seed
         self.generation = generation or GenerationConfig()
         self.accuracy_reward, self.confidence = accuracy_reward, confidence
         self.grade = CompositeReward([RewardSpec(accuracy_reward)], False)
@@ -110,7 +110,7 @@ class EvaluationModule(CoLAStage):
 
     def on_validation_epoch_start(self) -> None:
         self.records = []
-        self._sampler = torch.Generator(self.device).manual_seed(self.seed)
+        self._sampler = torch.Generator(self.device).manual_seed(self.sampling_seed)
 
     def validation_step(self, batch, batch_idx: int) -> None:
         if isinstance(batch, dict):
