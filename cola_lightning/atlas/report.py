@@ -32,7 +32,7 @@ def code_markdown(entry: CodeEntry, atlas: Atlas) -> str:
         "",
         f"most likely: {_tokens(entry.top_tokens, '{:.3f}')}",
         "",
-        f"lifted most above the backbone: {_tokens(entry.lifted_tokens, 'x{:.1f}')}",
+        f"raised most above the backbone: {_tokens(entry.lifted_tokens, '{:+.3f}')}",
         "",
     ]
     for prefix, continuation in zip(atlas.prefixes, entry.continuations, strict=True):
@@ -79,7 +79,7 @@ def write_html(atlas: Atlas, path: str | Path, title: str = "CoLA action atlas")
             f'<span class="tok">{html.escape(repr(t))} {p:.2f}</span>' for t, p in e.top_tokens
         )
         lifted = " ".join(
-            f'<span class="tok">{html.escape(repr(t))} x{v:.1f}</span>' for t, v in e.lifted_tokens
+            f'<span class="tok">{html.escape(repr(t))} {v:+.3f}</span>' for t, v in e.lifted_tokens
         )
         continuations = "<br>".join(
             f"<b>{html.escape(p)}</b>{html.escape(c)}"
@@ -95,7 +95,7 @@ def write_html(atlas: Atlas, path: str | Path, title: str = "CoLA action atlas")
         f"<p>{atlas.steps_seen} steps counted, {atlas.steps_scored} scored under all "
         f"{len(atlas.entries)} codes.</p><table><tr><th>code</th><th>chosen by</th>"
         "<th>mean KL to the backbone (nats)</th><th>most likely tokens</th>"
-        "<th>tokens lifted most above the backbone</th><th>forced continuations</th></tr>"
+        "<th>tokens raised most above the backbone</th><th>forced continuations</th></tr>"
         + "".join(rows)
         + "</table></body></html>"
     )

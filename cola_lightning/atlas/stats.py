@@ -7,7 +7,7 @@ For every step t of every text (step t predicts token t + 1, `models/steps.py`):
   distribution p_k, and KL(p_k || p_base) against the backbone's own distribution there.
 
 Per code, the atlas keeps how often the IDM and the policy chose it, its mean KL, the tokens it
-makes most likely on average over contexts (and those it lifts most above the backbone), and short
+makes most likely on average over contexts (and those it raises most above the backbone), and short
 continuations forced with that code at every step from shared prefixes.
 """
 
@@ -33,7 +33,7 @@ class CodeEntry:
     policy_count: int
     mean_kl: float
     top_tokens: list[tuple[str, float]]  # (token, mean probability under the code)
-    lifted_tokens: list[tuple[str, float]]  # (token, mean p_code / mean p_base)
+    lifted_tokens: list[tuple[str, float]]  # (token, mean p_code - mean p_base)
     continuations: list[str] = field(default_factory=list)
 
 
@@ -136,7 +136,8 @@ def build_atlas(
     ]
     continuations = forced_continuations(model, tokenizer, prefixes, continuation_tokens)
     mean_prob = totals.prob / totals.scored
-    lift = mean_prob / (totals.base / totals.scored).clamp_min(1e-12)
+    # a difference, not a ratio: a ratio ranks first the rare tokens the backbone all but never says
+    lift = mean_prob - totals.base / totals.scored
     entries = []
     for code in range(num_codes):
         entries.append(

@@ -12,7 +12,7 @@ stages=("${@:-behavior_cloning action_guided_reclone}")
 out=experiments/eval/results
 for stage in ${stages[@]}; do
     ckpt="$root/$stage/last.ckpt"
-    for run in "choice token" "perplexity latent" "arithmetic latent" "arithmetic token"; do
+    for run in "perplexity latent" "arithmetic latent" "arithmetic token" "choice token"; do
         set -- $run
         python -m cola_lightning validate --config "configs/eval/$1.yaml" \
             --model.init_args.init_from="$ckpt" --model.init_args.mode="$2" \
