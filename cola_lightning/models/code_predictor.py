@@ -15,6 +15,8 @@ import torch
 from torch import nn
 from transformers import AutoModel, PretrainedConfig
 
+from cola_lightning.models.steps import at_next
+
 
 def decoder_stack_config(backbone_config: PretrainedConfig, num_layers: int) -> PretrainedConfig:
     """The backbone's config with `num_layers` blocks and no vocabulary to speak of."""
@@ -85,7 +87,7 @@ class InverseDynamicsModel(CodePredictor):
     ) -> torch.Tensor:
         """Logits (B, T-1, K) of the codes for steps 0..T-2 (step t predicts token t+1)."""
         logits, _ = self(hidden, attention_mask)
-        return logits[:, 1:]
+        return at_next(logits)
 
 
 class Policy(CodePredictor):

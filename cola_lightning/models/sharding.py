@@ -24,6 +24,7 @@ from torch import nn
 from torch.distributed.tensor import DTensor
 from transformers import AutoConfig, AutoModelForCausalLM
 
+from cola_lightning.checkpoints.format import copy_full_tensor
 from cola_lightning.models.backbone import (
     DTYPES,
     Backbone,
@@ -31,7 +32,6 @@ from cola_lightning.models.backbone import (
     load_causal_lm,
     resolve_source,
 )
-from cola_lightning.models.checkpoint import copy_full_tensor
 from cola_lightning.models.cola import LATENT_PARTS, CoLAConfig, CoLAModel
 
 MIXED_PRECISION = {"bf16": torch.bfloat16, "fp16": torch.float16}

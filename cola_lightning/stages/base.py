@@ -16,19 +16,21 @@ import numpy as np
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 
+from cola_lightning.checkpoints.format import (
+    BACKBONE_PREFIX,
+    STAGE_KEY,
+    STATE_PREFIX,
+    check_state_keys,
+    load_adapters,
+    load_stage_checkpoint,
+    stage_class_path,
+)
 from cola_lightning.models.adapters import is_adapter_key
 from cola_lightning.models.backbone import (
     Backbone,
     BackboneSpec,
     load_causal_lm,
     load_tokenizer,
-)
-from cola_lightning.models.checkpoint import (
-    BACKBONE_PREFIX,
-    STATE_PREFIX,
-    check_state_keys,
-    load_adapters,
-    load_stage_checkpoint,
 )
 from cola_lightning.models.cola import CoLAConfig, CoLAModel
 from cola_lightning.models.sharding import (
@@ -37,6 +39,7 @@ from cola_lightning.models.sharding import (
     init_latent_parameters,
     meta_causal_lm,
 )
+from cola_lightning.models.steps import at_steps, next_token_pairs
 from cola_lightning.stages.losses import masked_cross_entropy, target_mask
 from cola_lightning.stages.optim import OptimizerConfig, build_optimizer, build_scheduler
 
@@ -165,7 +168,7 @@ class CoLAStage(L.LightningModule):
         return not self.trains_backbone or self.backbone_spec.lora is not None
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["cola_stage"] = f"{type(self).__module__}.{type(self).__qualname__}"
+        checkpoint[STAGE_KEY] = stage_class_path(self)
         checkpoint[RNG_STATES] = rng_states()
         if self._generator is not None:
             checkpoint[RNG_STATES]["stage"] = self._generator.get_state()
@@ -243,23 +246,23 @@ class CoLAStage(L.LightningModule):
         """The policy's argmax codes (B, T-1), without autograd."""
         with torch.no_grad():
             logits, _ = self.model.policy_logits(hidden, batch["attention_mask"])
-        return logits[:, :-1].argmax(-1)
+        return at_steps(logits).argmax(-1)
 
     def world_model_nll(
         self, hidden: torch.Tensor, codes: torch.Tensor, batch: dict
     ) -> torch.Tensor:
-        logits = self.model.world_model_logits(hidden[:, :-1], codes)
-        return masked_cross_entropy(logits, batch["input_ids"][:, 1:], target_mask(batch))
+        states, targets = next_token_pairs(hidden, batch["input_ids"])
+        logits = self.model.world_model_logits(states, codes)
+        return masked_cross_entropy(logits, targets, target_mask(batch))
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         hidden = self.features(batch)
         codes = self.idm_codes(hidden, batch)
+        states, targets = next_token_pairs(hidden, batch["input_ids"])
         metrics = {
             "val/wm_nll": self.world_model_nll(hidden, codes, batch),
             "val/base_nll": masked_cross_entropy(
-                self.model.base_logits(hidden[:, :-1]),
-                batch["input_ids"][:, 1:],
-                target_mask(batch),
+                self.model.base_logits(states), targets, target_mask(batch)
             ),
         }
         metrics.update(self.extra_validation_metrics(hidden, codes, batch))

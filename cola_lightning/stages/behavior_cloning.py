@@ -11,6 +11,7 @@ import torch
 from cola_lightning.models.backbone import BackboneSpec
 from cola_lightning.models.cola import CoLAConfig
 from cola_lightning.models.sharding import ShardingConfig
+from cola_lightning.models.steps import at_steps
 from cola_lightning.stages.base import CoLAStage
 from cola_lightning.stages.losses import masked_accuracy, masked_cross_entropy, target_mask
 from cola_lightning.stages.optim import OptimizerConfig
@@ -51,7 +52,7 @@ class BehaviorCloningModule(CoLAStage):
     def policy_logits(self, hidden: torch.Tensor, batch: dict) -> torch.Tensor:
         """Policy logits for steps 0..T-2 (B, T-1, K)."""
         logits, _ = self.model.policy_logits(hidden, batch["attention_mask"])
-        return logits[:, :-1]
+        return at_steps(logits)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         hidden = self.features(batch)

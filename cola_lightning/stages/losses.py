@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from cola_lightning.models.steps import at_next, at_steps
 from cola_lightning.rollout.rl_maths import masked_mean
 
 
@@ -15,9 +16,9 @@ def target_mask(batch: dict[str, torch.Tensor]) -> torch.Tensor:
     (response-only training), when the target token is marked.
     """
     mask = batch["attention_mask"].bool()
-    valid = mask[:, :-1] & mask[:, 1:]
+    valid = at_steps(mask) & at_next(mask)
     if "loss_mask" in batch:
-        valid = valid & batch["loss_mask"][:, 1:].bool()
+        valid = valid & at_next(batch["loss_mask"]).bool()
     return valid
 
 

@@ -27,10 +27,10 @@ from pathlib import Path
 
 import torch
 
+from cola_lightning.checkpoints.format import load_stage
 from cola_lightning.data.corpus import ArithmeticCorpus
 from cola_lightning.data.files import read_field, read_jsonl
 from cola_lightning.data.sft import PromptResponseDataModule
-from cola_lightning.export import load_stage
 from cola_lightning.models.adapters import LoraSpec
 from cola_lightning.models.backbone import BackboneSpec
 from cola_lightning.stages.action_guided import ActionGuidedFinetuneModule

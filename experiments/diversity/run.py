@@ -19,10 +19,10 @@ import json
 
 import torch
 
+from cola_lightning.checkpoints.format import load_stage_checkpoint
 from cola_lightning.data.files import read_field, read_jsonl
 from cola_lightning.metrics.diversity import DEFAULT_ENCODER, SemanticDiversity
 from cola_lightning.models.backbone import Backbone, BackboneSpec, load_tokenizer
-from cola_lightning.models.checkpoint import load_stage_checkpoint
 from cola_lightning.models.cola import CoLAModel
 from cola_lightning.rollout.engine import GenerationConfig, Generator
 from cola_lightning.rollout.sampling import Sampler

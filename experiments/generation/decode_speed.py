@@ -16,9 +16,9 @@ import time
 
 import torch
 
+from cola_lightning.checkpoints.format import load_stage_checkpoint
 from cola_lightning.data.arithmetic import arithmetic_problems
 from cola_lightning.models.backbone import Backbone, BackboneSpec, load_tokenizer
-from cola_lightning.models.checkpoint import load_stage_checkpoint
 from cola_lightning.models.cola import CoLAModel
 from cola_lightning.rollout.engine import GenerationConfig, Generator, left_pad
 from cola_lightning.rollout.reference import generate_without_cache

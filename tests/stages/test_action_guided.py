@@ -6,12 +6,12 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
+from cola_lightning.checkpoints.export import export_cola, load_cola_export
+from cola_lightning.checkpoints.format import load_stage
 from cola_lightning.data.corpus import ArithmeticCorpus
 from cola_lightning.data.sft import PromptResponseDataModule
-from cola_lightning.export import load_stage
 from cola_lightning.export import main as export_main
 from cola_lightning.models.adapters import LoraSpec
-from cola_lightning.models.export import export_cola, load_cola_export
 from cola_lightning.stages.action_guided import ActionGuidedFinetuneModule
 from cola_lightning.stages.optim import OptimizerConfig
 from tests.conftest import TINY_COLA, tiny_spec, tiny_trainer

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from cola_lightning.models.checkpoint import load_stage_checkpoint
+from cola_lightning.checkpoints.format import load_stage_checkpoint
 from cola_lightning.stages.behavior_cloning import BehaviorCloningModule
 from cola_lightning.stages.latent_actions import LatentActionModule
 from tests.conftest import TINY_COLA, tiny_data, tiny_model, tiny_spec, tiny_trainer

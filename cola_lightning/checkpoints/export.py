@@ -15,17 +15,19 @@ from pathlib import Path
 from safetensors.torch import save_file
 
 from cola_lightning.models.adapters import dequantize_linear_layers, merge_lora
-from cola_lightning.models.backbone import Backbone, BackboneSpec
-from cola_lightning.models.checkpoint import (
+from cola_lightning.models.backbone import Backbone, BackboneSpec, load_causal_lm, load_tokenizer
+from cola_lightning.checkpoints.format import (
     BACKBONE_PREFIX,
+    COLA_CONFIG,
     COLA_WEIGHTS,
     check_state_keys,
     is_export_dir,
+    load_adapters,
+    load_stage_checkpoint,
     read_export_state,
+    stage_settings,
 )
 from cola_lightning.models.cola import CoLAConfig, CoLAModel
-
-COLA_CONFIG = "cola_config.json"
 
 
 def export_cola(model: CoLAModel, tokenizer, out_dir: str | Path) -> Path:
@@ -66,3 +68,27 @@ def load_cola_export(path: str | Path) -> CoLAModel:
     check_state_keys(expected, set(state), set(), str(path))
     model.load_state_dict(state, strict=False)
     return model
+
+
+def load_cola(path: str | Path) -> tuple[CoLAModel, object]:
+    """A CoLA model (in eval mode) and its tokenizer from any checkpoint this framework reads.
+
+    That is an export directory, a released CoLA checkpoint directory, or a stage checkpoint,
+    whose recorded backbone (with its LoRA) is rebuilt from its source and whose own tensors are
+    loaded: the stages it started from need not exist any more.
+    """
+    from cola_lightning.checkpoints.released import INDEX, load_released
+
+    path = Path(path).expanduser()
+    if is_export_dir(path):
+        return load_cola_export(path).eval(), load_tokenizer(str(path))
+    if path.is_dir() and (path / INDEX).is_file():
+        return load_released(path).eval(), load_tokenizer(str(path))
+    backbone, cola = stage_settings(path)
+    spec = BackboneSpec(**backbone)
+    model = CoLAModel(Backbone(load_causal_lm(spec)), CoLAConfig(**cola))
+    adapters = load_stage_checkpoint(model, path)
+    model.backbone.adapt(spec)
+    if adapters:
+        load_adapters(model, adapters, str(path))
+    return model.eval(), load_tokenizer(spec.tokenizer_name)

@@ -1,4 +1,4 @@
-"""Hand-off between stages: load a previous stage's checkpoint into a CoLA model, loudly.
+"""The stage-checkpoint format: what a stage writes, and loading it into a CoLA model, loudly.
 
 A stage checkpoint holds every latent part (inverse dynamics, codebook, world model, policy). It
 holds the backbone only when the backbone cannot be reloaded from its source (it was trained, or
@@ -8,6 +8,9 @@ half-loaded model that trains on silently random weights is the worst failure th
 
 from __future__ import annotations
 
+import dataclasses
+import importlib
+import json
 from pathlib import Path
 
 import torch
@@ -18,7 +21,9 @@ from cola_lightning.models.adapters import is_adapter_key
 
 STATE_PREFIX = "model."  # the attribute under which every stage holds its CoLAModel
 BACKBONE_PREFIX = "backbone."
-COLA_WEIGHTS = "cola.safetensors"  # the latent parts in an export directory (models/export.py)
+COLA_WEIGHTS = "cola.safetensors"  # the latent parts in an export directory (export.py)
+COLA_CONFIG = "cola_config.json"  # the latent parts' sizes in an export directory
+STAGE_KEY = "cola_stage"  # the class path of the stage that wrote a checkpoint
 # Written beside the shards of a distributed checkpoint by `ModelParallelStrategy`.
 SHARDED_METADATA = "meta.pt"
 
@@ -60,6 +65,54 @@ def read_checkpoint(path: str | Path) -> dict:
     if "state_dict" not in checkpoint:
         raise ValueError(f"{path} is not a Lightning checkpoint (it has no 'state_dict').")
     return checkpoint
+
+
+def stage_class_path(stage: object) -> str:
+    """What `STAGE_KEY` holds for a stage: its class's import path."""
+    return f"{type(stage).__module__}.{type(stage).__qualname__}"
+
+
+def load_stage(checkpoint_path: str | Path):
+    """The stage module a checkpoint was written by, with its weights."""
+    checkpoint = read_checkpoint(checkpoint_path)
+    # LightningCLI also records the class path among the hyper-parameters.
+    class_path = checkpoint.get(STAGE_KEY) or checkpoint.get("hyper_parameters", {}).get(
+        "_class_path"
+    )
+    if class_path is None:
+        raise ValueError(f"{checkpoint_path} was not written by a cola_lightning stage.")
+    module_name, class_name = class_path.rsplit(".", 1)
+    stage = getattr(importlib.import_module(module_name), class_name)
+    # Our own checkpoints carry hyper-parameter dataclasses, so they are not weights-only.
+    return stage.load_from_checkpoint(checkpoint_path, map_location="cpu", weights_only=False)
+
+
+def stage_settings(path: str | Path) -> tuple[dict, dict]:
+    """The backbone spec and CoLA sizes (as dicts) a stage checkpoint or export was written with.
+
+    Lets a consumer (evaluation, the atlas) load a checkpoint without restating its backbone:
+    a stage-2 checkpoint's LoRA settings, for one, must match the adapters it holds.
+    """
+    path = Path(path).expanduser()
+    if is_export_dir(path):
+        return {"source": str(path)}, json.loads((path / COLA_CONFIG).read_text())
+    if is_sharded_checkpoint(path):
+        raise ValueError(f"{path} is sharded: consolidate it first (python -m cola_lightning.export).")
+    if not path.is_file():
+        raise FileNotFoundError(f"Checkpoint not found: {path}.")
+    checkpoint = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    settings = checkpoint.get("hyper_parameters", {})
+    if "backbone" not in settings:
+        raise ValueError(f"{path} records no backbone: it was not written by a cola_lightning stage.")
+    return (
+        dataclass_dict(settings["backbone"]),
+        dataclass_dict(settings.get("cola") or {}),
+    )
+
+
+def dataclass_dict(value) -> dict:
+    """A hyper-parameter as a plain dict (checkpoints hold dicts or dataclasses)."""
+    return dataclasses.asdict(value) if dataclasses.is_dataclass(value) else dict(value)
 
 
 def consolidate_checkpoint(sharded: str | Path, out: str | Path) -> Path:
@@ -120,7 +173,7 @@ def check_state_keys(expected: set[str], found: set[str], optional: set[str], so
     if missing or unexpected:
         raise KeyError(
             f"{source} does not match the model: {len(missing)} missing tensors "
-            f"{_preview(missing)}, {len(unexpected)} unexpected tensors {_preview(unexpected)}. "
+            f"{preview_keys(missing)}, {len(unexpected)} unexpected tensors {preview_keys(unexpected)}. "
             "Check that the model config (backbone, num_codes, layer counts) matches the stage "
             "that wrote the checkpoint."
         )
@@ -158,6 +211,6 @@ def load_adapters(model: nn.Module, adapters: dict[str, torch.Tensor], source: s
     load_full_state(model, adapters)
 
 
-def _preview(keys: list[str], limit: int = 5) -> str:
+def preview_keys(keys: list[str], limit: int = 5) -> str:
     shown = ", ".join(keys[:limit])
     return f"[{shown}{', ...' if len(keys) > limit else ''}]"

@@ -1,0 +1,63 @@
+"""The lm-eval model on local tasks built from ../shared/data, through lm-eval's own CLI."""
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from cola_lightning.evaluation.lm_eval_tasks import CHOICE_TASK, GENERATION_TASK, write_tasks
+from tests.conftest import SHARED_DATA, run_cli
+
+pytest.importorskip("lm_eval", reason="lm-eval is the optional [eval] extra")
+
+
+def direct_logprob(model, tokenizer, context: str, continuation: str, mode: str) -> float:
+    ctx = tokenizer(context, add_special_tokens=False).input_ids
+    cont = tokenizer(continuation, add_special_tokens=False).input_ids
+    ids = torch.tensor([ctx + cont])
+    with torch.no_grad():
+        hidden, _ = model.hidden_states(ids)
+        if mode == "token":
+            logits = model.base_logits(hidden)
+        else:
+            logits = model.world_model_logits(hidden, model.policy_logits(hidden)[0].argmax(-1))
+    logprobs = torch.log_softmax(logits[0].float(), -1)
+    return sum(float(logprobs[len(ctx) - 1 + i, t]) for i, t in enumerate(cont))
+
+
+def test_lm_eval_cli_scores_like_a_direct_forward(stage_one_b_checkpoint, tmp_path):
+    """Latent mode through lm-eval's CLI (token mode's scores are checked in test_module.py)."""
+    mode = "latent"
+    from cola_lightning.checkpoints.export import load_cola
+
+    checkpoint = stage_one_b_checkpoint[0]
+    write_tasks(str(SHARED_DATA / "gsm8k_test.jsonl"), tmp_path / "tasks", count=3)
+    lm_eval = shutil.which("lm_eval") or pytest.fail("lm-eval is installed but has no CLI")
+    args = [
+        "--model", "cola",
+        "--model_args", f"checkpoint={checkpoint},mode={mode},max_new_tokens=8",
+        "--tasks", f"{CHOICE_TASK},{GENERATION_TASK}",
+        "--include_path", str(tmp_path / "tasks"),
+        "--output_path", str(tmp_path / "out"),
+        "--log_samples",
+        "--batch_size", "2",
+        "--device", "cpu",
+    ]  # fmt: skip
+    result = run_cli(args, tmp_path, module="lm_eval", extra_env={"HF_DATASETS_OFFLINE": "1"})
+    assert result.returncode == 0, (lm_eval, result.stderr[-3000:])
+    samples = {}
+    for path in (tmp_path / "out").rglob("samples_*.jsonl"):
+        task = CHOICE_TASK if CHOICE_TASK in path.name else GENERATION_TASK
+        samples[task] = [json.loads(line) for line in path.read_text().splitlines()]
+    assert len(samples[CHOICE_TASK]) == 3 and len(samples[GENERATION_TASK]) == 3
+    model, tokenizer = load_cola(checkpoint)
+    for sample in samples[CHOICE_TASK]:
+        doc = sample["doc"]
+        got = [float(resp[0][0]) for resp in sample["resps"]]
+        want = [
+            direct_logprob(model, tokenizer, doc["context"], " " + c, mode) for c in doc["choices"]
+        ]
+        assert got == pytest.approx(want, abs=1e-4)
+    for sample in samples[GENERATION_TASK]:
+        assert isinstance(sample["resps"][0][0], str)
