@@ -98,6 +98,15 @@ class CoLAModel(nn.Module):
         subtract = hidden if self.config.subtract_state else None
         return self.backbone(readout=Readout(state, normalize=True, subtract=subtract))
 
+    def candidate_logits(self, hidden: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+        """Next-token logits (B, K, V) for K candidate codes (B, K) at states h_t (B, 1, d).
+
+        One batched pass: the state is broadcast over the candidates, so the merge layers and the
+        readout see a [K, d] batch per sequence instead of K separate calls.
+        """
+        hidden = hidden.expand(-1, codes.shape[1], -1)
+        return self.world_model_logits(hidden, codes)
+
     def base_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """The backbone's own next-token logits from its states: the baseline the WM must beat."""
         return self.backbone(readout=Readout(hidden))
