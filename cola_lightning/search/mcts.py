@@ -51,6 +51,9 @@ def expand_q(searcher: Searcher, node: Node) -> Node | None:
     probs = torch.softmax(state.policy_last.float(), -1)
     order = [c for c in probs.argsort(descending=True).tolist() if c not in node.tried]
     candidates = order[: config.max_tries - node.tries]
+    if not candidates:  # every code tried (K < max_tries): the node is used up
+        node.tries = config.max_tries
+        return None
     seen = {c.state.generated[len(state.generated)] for c in node.children}
     chosen = None
     for code, token in zip(candidates, decoder.candidate_tokens(state, candidates), strict=True):
