@@ -51,6 +51,8 @@ class TaskPromptDataModule(L.LightningDataModule):
         val_size: held-out prompts for validation accuracy.
         val_batch_size: prompts per validation batch.
         tokenizer: tokenizer source; None takes the stage module's.
+        predict_split: the split ``predict`` serves (``val``: held-out problems for search;
+            ``train``: problems to sample Q-learning solutions on).
     """
 
     def __init__(
@@ -67,6 +69,7 @@ class TaskPromptDataModule(L.LightningDataModule):
         val_size: int = 32,
         val_batch_size: int = 16,
         tokenizer: str | None = None,
+        predict_split: str = "val",
     ) -> None:
         super().__init__()
         if files is None and task not in PROCEDURAL_TASKS:
@@ -82,6 +85,9 @@ class TaskPromptDataModule(L.LightningDataModule):
             val_batch_size,
             tokenizer,
         )
+        if predict_split not in ("train", "val"):
+            raise ValueError(f"predict_split must be 'train' or 'val', got {predict_split!r}.")
+        self.predict_split = predict_split
         self.splits: dict[str, list[dict]] = {}
 
     def read(self, files: list[str]) -> list[dict]:
@@ -119,3 +125,8 @@ class TaskPromptDataModule(L.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(self.splits["val"], self.val_batch_size, collate_fn=list)
+
+    def predict_dataloader(self) -> DataLoader:
+        return DataLoader(
+            self.splits[self.predict_split], batch_size=self.val_batch_size, collate_fn=list
+        )

@@ -1,0 +1,341 @@
+"""Generation states that a search tree can fork, and the batched decoding that continues them.
+
+A node's caches are stored as a chain of segments, one per edge from the root: each segment holds
+only the key/value rows its own edge computed (backbone, policy and Q-model caches). A child's
+chain is its parent's chain plus one segment, so forking copies nothing and recomputes nothing;
+continuing a batch of nodes concatenates each chain into one left-padded cache, exactly the layout
+the engine's own prompts have. `TreeDecoder.cost` counts every backbone position computed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from transformers import DynamicCache
+
+from cola_lightning.models.cola import CoLAModel
+from cola_lightning.rollout.engine import GenerationConfig, _DecodeState, left_pad
+from cola_lightning.rollout.sampling import Sampler
+
+CACHES = ("backbone", "policy", "q")
+
+
+@dataclass
+class Segment:
+    """The cache rows one edge added: cache name -> per layer (keys, values), each (H, n, hd)."""
+
+    kv: dict[str, list[tuple[torch.Tensor, torch.Tensor]]]
+    length: int
+
+
+@dataclass
+class NodeState:
+    """Everything needed to continue a text: every token so far has been fed to the caches.
+
+    Args:
+        generated: token ids generated after the prompt.
+        chain: the segments from the root (the prompt's) to this node, shared with ancestors.
+        hidden: the backbone state h_t at the last token (d,).
+        policy_last: policy logits pi(. | x_1..x_t) (K,), latent searches only.
+        q_last: Q(s_t, .) for every code (K,), when a Q-model is present.
+        finished: the text ended (EOS or a stop string); it cannot be continued.
+    """
+
+    generated: list[int]
+    chain: list[Segment]
+    hidden: torch.Tensor | None
+    policy_last: torch.Tensor | None = None
+    q_last: torch.Tensor | None = None
+    finished: bool = False
+
+    @property
+    def length(self) -> int:
+        """Positions held by the caches (prompt + generated)."""
+        return sum(s.length for s in self.chain)
+
+
+@dataclass
+class Continuation:
+    """What one row of a `TreeDecoder.continue_states` call produced."""
+
+    tokens: list[int]
+    codes: list[int]
+    code_logprobs: list[float]
+    token_logprobs: list[float]
+    finish: str
+    state: NodeState
+    q_taken: float | None = None  # Q(s, a) of the last step's code: the Q-model's final value
+
+
+@dataclass
+class SearchCost:
+    """Compute spent by one search: the output row's cost fields."""
+
+    backbone_tokens: int = 0
+    world_model_evals: int = 0
+    nodes: int = 0
+    rounds: int = 0
+    wall_s: float = 0.0
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+class _ForcedChoice(Sampler):
+    """A sampler whose choice is given (the first token of a token-level edge)."""
+
+    def __init__(self, inner: Sampler, tokens: torch.Tensor) -> None:
+        super().__init__(greedy=True, temperature=inner.temperature)
+        self.inner, self.tokens = inner, tokens
+
+    def log_probs(self, logits: torch.Tensor) -> torch.Tensor:
+        return self.inner.log_probs(logits)
+
+    def choose(self, logits: torch.Tensor, generator: torch.Generator | None = None):
+        return self.tokens
+
+
+class _ForkableState(_DecodeState):
+    """The engine's decode state, started from node states, with a Q-model cache beside.
+
+    It reuses the engine's `advance` and `feed_last_token` and adds: per-row snapshots of the
+    state after each row's last real token (rows stop at different steps), the Q-model's cache,
+    and the count of backbone positions computed.
+    """
+
+    def __init__(self, decoder: TreeDecoder, nodes: list[NodeState], config, latent, generator):
+        self.model, self.config, self.generator = decoder.model, config, generator
+        self.tokenizer, self.latent, self.q_model = decoder.tokenizer, latent, decoder.q_model
+        self.cost, self.prompt_ids = decoder.cost, [[] for _ in nodes]
+        device = nodes[0].hidden.device
+        lengths = [n.length for n in nodes]
+        self.width = width = max(lengths)
+        self.mask = torch.zeros(len(nodes), width, dtype=torch.long, device=device)
+        for row, n in enumerate(lengths):
+            self.mask[row, width - n :] = 1
+        self.positions = torch.tensor(lengths, device=device)[:, None] - 1
+        caches = {name: _batched_cache(nodes, name, width) for name in CACHES}
+        self.backbone_cache, self.policy_cache, self.q_cache = (caches[n] for n in CACHES)
+        self.hidden = torch.stack([n.hidden for n in nodes])[:, None]
+        if latent:
+            self.policy_last = torch.stack([n.policy_last for n in nodes])
+        self.q_last = torch.stack([n.q_last for n in nodes]) if self.q_model else None
+        self._start_bookkeeping(len(nodes), device)
+
+    def _start_bookkeeping(self, batch: int, device: torch.device) -> None:
+        self.done = torch.zeros(batch, dtype=torch.bool, device=device)
+        self.finish = ["length"] * batch
+        self.tokens, self.token_logprobs, self.codes, self.code_logprobs = [], [], [], []
+        self.lengths = torch.zeros(batch, dtype=torch.long, device=device)
+        self.snapshot = {"hidden": self.hidden[:, 0].clone()}
+        if self.latent:
+            self.snapshot["policy_last"] = self.policy_last.clone()
+        if self.q_last is not None:
+            self.snapshot["q_last"] = self.q_last.clone()
+        self.q_taken = torch.zeros(batch, device=device)
+        self.live = ~self.done
+
+    def advance(self, forced_code: torch.Tensor | None) -> None:
+        self.live = ~self.done
+        q_before = self.q_last
+        super().advance(forced_code)
+        if self.latent:
+            self.cost.world_model_evals += int(self.live.sum())
+        if q_before is not None and self.latent:
+            taken = q_before.gather(-1, self.codes[-1][:, None])[:, 0].float()
+            self.q_taken = torch.where(self.live, taken, self.q_taken)
+
+    def feed_last_token(self) -> None:
+        super().feed_last_token()
+        self.cost.backbone_tokens += self.hidden.shape[0]
+        if self.q_model is not None:
+            q, self.q_cache = self.q_model(
+                self.hidden, self.mask, self.positions, self.q_cache, use_cache=True
+            )
+            self.q_last = q[:, -1]
+        live = self.live
+        self.snapshot["hidden"][live] = self.hidden[live, 0]
+        if self.latent:
+            self.snapshot["policy_last"][live] = self.policy_last[live]
+        if self.q_last is not None:
+            self.snapshot["q_last"][live] = self.q_last[live]
+
+    def segment(self, row: int, start: int, length: int) -> Segment:
+        """Row `row`'s cache columns [start, start + length) as a segment (copied out)."""
+        kv = {}
+        for name, cache in zip(CACHES, (self.backbone_cache, self.policy_cache, self.q_cache)):
+            if cache is None:
+                continue
+            kv[name] = [
+                (
+                    layer.keys[row, :, start : start + length].clone(),
+                    layer.values[row, :, start : start + length].clone(),
+                )
+                for layer in cache.layers
+            ]
+        return Segment(kv, length)
+
+
+def _batched_cache(nodes: list[NodeState], name: str, width: int) -> DynamicCache | None:
+    """One left-padded cache from each node's chain of segments (None if nodes have none)."""
+    if name not in nodes[0].chain[0].kv:
+        return None
+    num_layers = len(nodes[0].chain[0].kv[name])
+    layers = []
+    for layer in range(num_layers):
+        keys, values = [], []
+        for node in nodes:
+            k = torch.cat([s.kv[name][layer][0] for s in node.chain], dim=1)
+            v = torch.cat([s.kv[name][layer][1] for s in node.chain], dim=1)
+            pad = width - k.shape[1]
+            keys.append(torch.nn.functional.pad(k, (0, 0, pad, 0)))
+            values.append(torch.nn.functional.pad(v, (0, 0, pad, 0)))
+        layers.append((torch.stack(keys), torch.stack(values)))
+    return DynamicCache(ddp_cache_data=layers)
+
+
+@dataclass
+class TreeDecoder:
+    """Starts and continues node states in batches, counting the compute spent.
+
+    Args:
+        model: the CoLA model (token-level searches use only its backbone).
+        tokenizer: the backbone's tokenizer.
+        q_model: the Q-model, or None; its cache rides along with the others.
+        stop_strings: a text also ends once its new tokens contain one of these.
+        stop_at_eos: a text ends at EOS.
+    """
+
+    model: CoLAModel
+    tokenizer: object
+    q_model: torch.nn.Module | None = None
+    stop_strings: list[str] = field(default_factory=list)
+    stop_at_eos: bool = True
+    cost: SearchCost = field(default_factory=SearchCost)
+
+    def config(self, code: Sampler, token: Sampler) -> GenerationConfig:
+        return GenerationConfig(
+            code=code, token=token, stop_strings=self.stop_strings, stop_at_eos=self.stop_at_eos
+        )
+
+    @torch.inference_mode()
+    def roots(self, prompt_ids: list[list[int]], latent: bool = True) -> list[NodeState]:
+        """Prefills each prompt once: the root states."""
+        device = next(self.model.parameters()).device
+        ids, mask = (t.to(device) for t in left_pad(prompt_ids, self.tokenizer.pad_token_id))
+        positions = (mask.cumsum(-1) - 1).clamp_min(0)
+        hidden, backbone = self.model.hidden_states(ids, mask, positions, use_cache=True)
+        self.cost.backbone_tokens += int(mask.sum())
+        caches = {"backbone": backbone}
+        policy = q = None
+        if latent:
+            policy, caches["policy"] = self.model.policy_logits(
+                hidden, mask, positions, use_cache=True
+            )
+        if self.q_model is not None:
+            q, caches["q"] = self.q_model(hidden, mask, positions, use_cache=True)
+        width = ids.shape[1]
+        nodes = []
+        for row, prompt in enumerate(prompt_ids):
+            start = width - len(prompt)
+            kv = {
+                name: [
+                    (layer.keys[row, :, start:].clone(), layer.values[row, :, start:].clone())
+                    for layer in cache.layers
+                ]
+                for name, cache in caches.items()
+            }
+            nodes.append(
+                NodeState(
+                    generated=[],
+                    chain=[Segment(kv, len(prompt))],
+                    hidden=hidden[row, -1].clone(),
+                    policy_last=None if policy is None else policy[row, -1].clone(),
+                    q_last=None if q is None else q[row, -1].clone(),
+                )
+            )
+        return nodes
+
+    @torch.inference_mode()
+    def continue_states(
+        self,
+        nodes: list[NodeState],
+        limits: list[int],
+        code: Sampler | None = None,
+        token: Sampler | None = None,
+        latent: bool = True,
+        first_codes: list[int] | None = None,
+        first_tokens: list[int] | None = None,
+        generator: torch.Generator | None = None,
+    ) -> list[Continuation]:
+        """Continues every node by up to `limits[i]` tokens, all in one batch.
+
+        Args:
+            nodes: the states to continue (none may be finished).
+            limits: most new tokens per node (>= 1).
+            code: code sampler (latent); default greedy.
+            token: token sampler; default greedy.
+            latent: policy + world model, or the plain backbone's tokens.
+            first_codes: force each row's first code (latent).
+            first_tokens: force each row's first token (the branch token of token-level search).
+            generator: random generator for sampling.
+        """
+        if any(n.finished for n in nodes):
+            raise ValueError("A finished text cannot be continued.")
+        if min(limits) < 1:
+            raise ValueError(f"Every continuation needs a limit >= 1, got {limits}.")
+        code, token = code or Sampler(greedy=True), token or Sampler(greedy=True)
+        state = _ForkableState(self, nodes, self.config(code, token), latent, generator)
+        device = state.hidden.device
+        limit = torch.tensor(limits, device=device)
+        for step in range(max(limits)):
+            forced = None
+            if step == 0 and first_codes is not None:
+                forced = torch.tensor(first_codes, device=device)
+            if step == 0 and first_tokens is not None:
+                state.config.token = _ForcedChoice(token, torch.tensor(first_tokens, device=device))
+            state.advance(forced)
+            state.config.token = token
+            stopped = state.done.clone()
+            state.done |= state.lengths >= limit
+            # feed the last tokens unless every row has ended its text (nothing to continue)
+            if bool(stopped.all()):
+                break
+            state.feed_last_token()
+            if bool(state.done.all()):
+                break
+        return [self._row(state, row, node) for row, node in enumerate(nodes)]
+
+    def _row(self, state: _ForkableState, row: int, node: NodeState) -> Continuation:
+        n = int(state.lengths[row])
+        tokens = [int(t[row]) for t in state.tokens[:n]]
+        finished = state.finish[row] in ("eos", "stop")
+        child = NodeState(
+            generated=node.generated + tokens,
+            chain=node.chain if finished else node.chain + [state.segment(row, state.width, n)],
+            hidden=state.snapshot["hidden"][row].clone(),
+            policy_last=state.snapshot.get("policy_last", [None] * (row + 1))[row],
+            q_last=state.snapshot.get("q_last", [None] * (row + 1))[row],
+            finished=finished,
+        )
+        return Continuation(
+            tokens=tokens,
+            codes=[int(c[row]) for c in state.codes[:n]],
+            code_logprobs=[float(c[row]) for c in state.code_logprobs[:n]],
+            token_logprobs=[float(t[row]) for t in state.token_logprobs[:n]],
+            finish=state.finish[row],
+            state=child,
+            q_taken=float(state.q_taken[row]) if state.q_model is not None else None,
+        )
+
+    @torch.inference_mode()
+    def candidate_tokens(self, node: NodeState, codes: list[int]) -> list[int]:
+        """The greedy token of each candidate code at a node, in one batched world-model pass."""
+        codes_t = torch.tensor([codes], device=node.hidden.device)
+        logits = self.model.candidate_logits(node.hidden[None, None], codes_t)[0]
+        self.cost.world_model_evals += len(codes)
+        return logits.argmax(-1).tolist()
+
+    def text(self, tokens: list[int]) -> str:
+        return self.tokenizer.decode(tokens, skip_special_tokens=True)
