@@ -1,4 +1,4 @@
-"""The settings of every search method; defaults are the reference's MCTS-Q (DESIGN.md section 6)."""
+"""The settings of every search method; defaults are the reference MCTS-Q (DESIGN.md section 6)."""
 
 from __future__ import annotations
 

@@ -12,7 +12,7 @@ import torch
 
 from cola_lightning.rollout.sampling import Sampler
 from cola_lightning.search import tree
-from cola_lightning.search.searcher import SearchResult, Searcher
+from cola_lightning.search.searcher import Searcher, SearchResult
 from cola_lightning.search.tree import Node
 
 

@@ -164,7 +164,9 @@ class _ForkableState(_DecodeState):
     def segment(self, row: int, start: int, length: int) -> Segment:
         """Row `row`'s cache columns [start, start + length) as a segment (copied out)."""
         kv = {}
-        for name, cache in zip(CACHES, (self.backbone_cache, self.policy_cache, self.q_cache)):
+        for name, cache in zip(
+            CACHES, (self.backbone_cache, self.policy_cache, self.q_cache), strict=True
+        ):
             if cache is None:
                 continue
             kv[name] = [
