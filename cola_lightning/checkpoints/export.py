@@ -14,8 +14,6 @@ from pathlib import Path
 
 from safetensors.torch import save_file
 
-from cola_lightning.models.adapters import dequantize_linear_layers, merge_lora
-from cola_lightning.models.backbone import Backbone, BackboneSpec, load_causal_lm, load_tokenizer
 from cola_lightning.checkpoints.format import (
     BACKBONE_PREFIX,
     COLA_CONFIG,
@@ -27,6 +25,8 @@ from cola_lightning.checkpoints.format import (
     read_export_state,
     stage_settings,
 )
+from cola_lightning.models.adapters import dequantize_linear_layers, merge_lora
+from cola_lightning.models.backbone import Backbone, BackboneSpec, load_causal_lm, load_tokenizer
 from cola_lightning.models.cola import CoLAConfig, CoLAModel
 
 

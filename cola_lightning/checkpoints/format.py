@@ -97,13 +97,17 @@ def stage_settings(path: str | Path) -> tuple[dict, dict]:
     if is_export_dir(path):
         return {"source": str(path)}, json.loads((path / COLA_CONFIG).read_text())
     if is_sharded_checkpoint(path):
-        raise ValueError(f"{path} is sharded: consolidate it first (python -m cola_lightning.export).")
+        raise ValueError(
+            f"{path} is sharded: consolidate it first (python -m cola_lightning.export)."
+        )
     if not path.is_file():
         raise FileNotFoundError(f"Checkpoint not found: {path}.")
     checkpoint = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
     settings = checkpoint.get("hyper_parameters", {})
     if "backbone" not in settings:
-        raise ValueError(f"{path} records no backbone: it was not written by a cola_lightning stage.")
+        raise ValueError(
+            f"{path} records no backbone: it was not written by a cola_lightning stage."
+        )
     return (
         dataclass_dict(settings["backbone"]),
         dataclass_dict(settings.get("cola") or {}),
@@ -173,7 +177,8 @@ def check_state_keys(expected: set[str], found: set[str], optional: set[str], so
     if missing or unexpected:
         raise KeyError(
             f"{source} does not match the model: {len(missing)} missing tensors "
-            f"{preview_keys(missing)}, {len(unexpected)} unexpected tensors {preview_keys(unexpected)}. "
+            f"{preview_keys(missing)}, {len(unexpected)} unexpected tensors "
+            f"{preview_keys(unexpected)}. "
             "Check that the model config (backbone, num_codes, layer counts) matches the stage "
             "that wrote the checkpoint."
         )

@@ -132,7 +132,9 @@ def test_mis_shaped_tensor_is_named(released):
     _, path = released
     key = "model.action_head.weight"
     rewrite_shard(path, first_shard(path, key), lambda t: t.update({key: torch.zeros(9, 32)}))
-    with pytest.raises(RuntimeError, match=r"model.action_head.weight: \(9, 32\) in the checkpoint"):
+    with pytest.raises(
+        RuntimeError, match=r"model.action_head.weight: \(9, 32\) in the checkpoint"
+    ):
         load_released(path)
 
 
