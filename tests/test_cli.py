@@ -53,6 +53,10 @@ def read_events(logdir: Path) -> EventAccumulator:
     return events
 
 
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
 def fit(config: str, cwd: Path, *overrides: str) -> None:
     result = run_cli(["fit", "--config", str(REPO / config), *overrides], cwd)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -196,3 +200,22 @@ def test_validate_evaluates_and_writes_results(test_runs):
                                        "best_of_2"}  # fmt: skip
     assert len(results["records"]) == 4
     assert {"eval/greedy_accuracy", "eval/pass@2"} <= set(read_events(logdir).Tags()["scalars"])
+
+
+def test_search_chain_samples_solutions_learns_q_and_searches(test_runs):
+    """Sampled solutions feed the Q stage, whose checkpoint guides MCTS-Q, all through the CLI."""
+    predict = ["predict", "--config"]
+    result = run_cli([*predict, str(REPO / "configs/test/sample_solutions.yaml")], test_runs)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = read_jsonl(test_runs / "outputs/test/solutions.jsonl")
+    assert rows and all(len(r["codes"]) > 0 and "reward" in r for r in rows)
+    fit("configs/test/q_learning.yaml", test_runs)
+    events = read_events(test_runs / "runs/test/q_learning/version_0")
+    assert {"q/td_loss", "q/value_mean", "q/target_sync"} <= set(events.Tags()["scalars"])
+    syncs = [e.value for e in events.Scalars("q/target_sync")]
+    assert syncs[0] == 1.0 and 0.0 in syncs  # synced at step 0, not at every step
+    result = run_cli([*predict, str(REPO / "configs/test/search.yaml")], test_runs)
+    assert result.returncode == 0, result.stderr[-3000:]
+    searched = read_jsonl(test_runs / "outputs/test/search.jsonl")
+    assert searched and all(r["oracle"] is False and r["method"] == "mcts_q" for r in searched)
+    assert all(r["cost"]["backbone_tokens"] > 0 and r["cost"]["nodes"] >= 1 for r in searched)

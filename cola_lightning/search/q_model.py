@@ -78,7 +78,7 @@ def q_state_dict(checkpoint_state: dict[str, torch.Tensor]) -> dict[str, torch.T
 
 def load_q_model(path: str, backbone_config, config: QModelConfig, num_codes: int) -> QModel:
     """A Q-model from a `QLearningModule` checkpoint; its K must be the CoLA model's."""
-    from cola_lightning.models.checkpoint import check_state_keys, read_checkpoint
+    from cola_lightning.checkpoints.format import check_state_keys, read_checkpoint
 
     state = q_state_dict(read_checkpoint(path)["state_dict"])
     if not state:

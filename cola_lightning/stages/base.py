@@ -191,8 +191,12 @@ class CoLAStage(L.LightningModule):
 
     # -- optimisation --------------------------------------------------------------------------
 
+    def optimized_module(self) -> torch.nn.Module:
+        """The module whose trainable parameters the optimiser updates (stages may narrow it)."""
+        return self.model
+
     def configure_optimizers(self):
-        optimizer = build_optimizer(self.model, self.optimizer_config)
+        optimizer = build_optimizer(self.optimized_module(), self.optimizer_config)
         total = max(int(self.trainer.estimated_stepping_batches), 1)
         scheduler = build_scheduler(optimizer, total, self.optimizer_config)
         return {

@@ -16,7 +16,7 @@ from cola_lightning.models.backbone import BackboneSpec
 from cola_lightning.models.cola import CoLAConfig
 from cola_lightning.search.q_model import QModel, QModelConfig, td_targets
 from cola_lightning.stages.base import CoLAStage, _as
-from cola_lightning.stages.optim import OptimizerConfig, build_optimizer, build_scheduler
+from cola_lightning.stages.optim import OptimizerConfig
 
 
 class QLearningModule(CoLAStage):
@@ -63,14 +63,8 @@ class QLearningModule(CoLAStage):
         self.q_target.load_state_dict(self.q_model.state_dict())
         self.q_target.requires_grad_(False)
 
-    def configure_optimizers(self):
-        optimizer = build_optimizer(self.q_model, self.optimizer_config)
-        total = max(int(self.trainer.estimated_stepping_batches), 1)
-        scheduler = build_scheduler(optimizer, total, self.optimizer_config)
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
-        }
+    def optimized_module(self) -> torch.nn.Module:
+        return self.q_model
 
     def on_train_batch_start(self, batch: dict, batch_idx: int) -> None:
         super().on_train_batch_start(batch, batch_idx)
