@@ -18,6 +18,7 @@ from torch import nn
 from torch.distributed.tensor import DTensor
 
 from cola_lightning.models.cola import CoLAModel
+from cola_lightning.rollout.kv_cache import PreallocatedCache
 from cola_lightning.rollout.rl_maths import left_pad, position_ids
 from cola_lightning.rollout.sampling import Sampler
 
@@ -47,7 +48,9 @@ class GenerationConfig:
 class Rollout:
     """Per sequence: the prompt and generated ids, the completion text, and per generated token
     its code and the code's log-probability under the policy (latent mode), and the token's
-    log-probability. `finish` is ``eos``, ``stop`` or ``length``."""
+    log-probability. `finish` is ``eos``, ``stop`` or ``length``. With ``keep_states``, `states`
+    holds per sequence the backbone's states (P + T - 1, d) at every position that precedes a
+    token: what the policy reads, so a latent RL update need not run the backbone again."""
 
     prompt_ids: list[list[int]]
     token_ids: list[list[int]]
@@ -56,6 +59,7 @@ class Rollout:
     codes: list[list[int]] | None
     code_logprobs: list[list[float]] | None
     finish: list[str]
+    states: list[torch.Tensor] | None = None
 
 
 @contextmanager
@@ -68,6 +72,24 @@ def eval_mode(module: nn.Module):
     finally:
         for submodule, training in modes:
             submodule.training = training
+
+
+def shared_prompt_rows(
+    prompt_ids: list[list[int]], device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """For prompts that repeat: the first row of each distinct prompt, and each row's distinct
+    prompt (indices into the first); None when every prompt is distinct."""
+    index: dict[tuple[int, ...], int] = {}
+    first, rows = [], []
+    for row, prompt in enumerate(prompt_ids):
+        key = tuple(prompt)
+        if key not in index:
+            index[key] = len(first)
+            first.append(row)
+        rows.append(index[key])
+    if len(first) == len(prompt_ids):
+        return None
+    return torch.tensor(first, device=device), torch.tensor(rows, device=device)
 
 
 def all_ranks_done(done: torch.Tensor, sharded: bool) -> bool:
@@ -129,6 +151,7 @@ class Generator:
         mode: str = "latent",
         codes: torch.Tensor | list[list[int]] | int | None = None,
         generator: torch.Generator | list[torch.Generator] | None = None,
+        keep_states: bool = False,
     ) -> Rollout:
         """Generates a continuation of every prompt.
 
@@ -138,6 +161,7 @@ class Generator:
             codes: force the codes instead of sampling them: one code for every step (int), or a
                 code sequence per prompt; a prompt's generation stops when its codes run out.
             generator: random generator for code and token sampling, or one per prompt.
+            keep_states: return the backbone's states in `Rollout.states`.
         """
         if mode not in MODES:
             raise ValueError(f"Unknown generation mode {mode!r}; use one of {MODES}.")
@@ -146,12 +170,13 @@ class Generator:
         prompt_ids = self.encode(prompts)
         forced, forced_lengths = self._forced_codes(codes, len(prompt_ids))
         with eval_mode(self.model):
-            state = _DecodeState(self, prompt_ids, mode == "latent", generator)
+            state = _DecodeState(self, prompt_ids, mode == "latent", generator, keep_states)
+            last = self.config.max_new_tokens - 1
             for step in range(self.config.max_new_tokens):
                 state.advance(None if forced is None else forced[:, min(step, forced.shape[1] - 1)])
                 if forced_lengths is not None:
                     state.done |= forced_lengths <= step + 1
-                if all_ranks_done(state.done, self.sharded):
+                if step == last or all_ranks_done(state.done, self.sharded):
                     break
                 state.feed_last_token()
         return state.rollout()
@@ -182,27 +207,24 @@ class Generator:
 class _DecodeState:
     """The moving parts of one `Generator.generate` call: caches, masks, and what was chosen."""
 
+    states: list[torch.Tensor] | None = None  # the backbone's states, when kept
+
     def __init__(
         self,
         owner: Generator,
         prompt_ids: list[list[int]],
         latent: bool,
         generator: torch.Generator | list[torch.Generator] | None,
+        keep_states: bool = False,
     ) -> None:
         self.model, self.config, self.generator = owner.model, owner.config, generator
         self.tokenizer, self.latent, self.prompt_ids = owner.tokenizer, latent, prompt_ids
         device = owner._device()
         ids, self.mask = (t.to(device) for t in left_pad(prompt_ids, self.tokenizer.pad_token_id))
         self.positions = position_ids(self.mask)
-        hidden, self.backbone_cache = self.model.hidden_states(
-            ids, self.mask, self.positions, use_cache=True
-        )
-        self.hidden = hidden[:, -1:]
-        if latent:
-            logits, self.policy_cache = self.model.policy_logits(
-                hidden, self.mask, self.positions, use_cache=True
-            )
-            self.policy_last = logits[:, -1]
+        self._prefill(ids, shared_prompt_rows(prompt_ids, device))
+        if keep_states:
+            self.states = [self.prompt_states]
         batch = len(prompt_ids)
         self.done = torch.zeros(batch, dtype=torch.bool, device=device)
         self.finish = ["length"] * batch
@@ -211,6 +233,34 @@ class _DecodeState:
         self.codes: list[torch.Tensor] = []
         self.code_logprobs: list[torch.Tensor] = []
         self.lengths = torch.zeros(batch, dtype=torch.long, device=device)
+
+    def _prefill(self, ids: torch.Tensor, rows: tuple[torch.Tensor, torch.Tensor] | None) -> None:
+        """Reads the prompts into preallocated caches, each distinct prompt once.
+
+        With `rows` = (first row of each distinct prompt, each row's distinct prompt), a prompt
+        repeated G times (an RL group) is prefilled once and its states and caches fanned out.
+        """
+        capacity = ids.shape[1] + self.config.max_new_tokens
+        self.backbone_cache = PreallocatedCache(capacity)
+        first = slice(None) if rows is None else rows[0]
+        mask, positions = self.mask[first], self.positions[first]
+        hidden, _ = self.model.hidden_states(
+            ids[first], mask, positions, self.backbone_cache, use_cache=True
+        )
+        if self.latent:
+            self.policy_cache = PreallocatedCache(capacity)
+            logits, _ = self.model.policy_logits(
+                hidden, mask, positions, self.policy_cache, use_cache=True
+            )
+        if rows is not None:
+            hidden = hidden[rows[1]]
+            self.backbone_cache.select_rows(rows[1])
+            if self.latent:
+                logits = logits[rows[1]]
+                self.policy_cache.select_rows(rows[1])
+        self.prompt_states, self.hidden = hidden, hidden[:, -1:]
+        if self.latent:
+            self.policy_last = logits[:, -1]
 
     def advance(self, forced_code: torch.Tensor | None) -> None:
         """Chooses one code (latent mode) and one token for every sequence still running."""
@@ -260,6 +310,8 @@ class _DecodeState:
                 self.hidden, self.mask, self.positions, self.policy_cache, use_cache=True
             )
             self.policy_last = logits[:, -1]
+        if self.states is not None:
+            self.states.append(self.hidden)
 
     def rollout(self) -> Rollout:
         lengths = self.lengths.tolist()
@@ -269,6 +321,15 @@ class _DecodeState:
             return [row[:n] for row, n in zip(table, lengths, strict=True)]
 
         token_ids = rows(self.tokens)
+        states = None
+        if self.states is not None:
+            # a row's states: its prompt's (without padding), then one per token it fed back
+            fed = torch.cat(self.states, dim=1)
+            width = self.prompt_states.shape[1]
+            states = [
+                fed[row, width - len(prompt) : width + n - 1]
+                for row, (prompt, n) in enumerate(zip(self.prompt_ids, lengths, strict=True))
+            ]
         return Rollout(
             prompt_ids=self.prompt_ids,
             token_ids=token_ids,
@@ -277,4 +338,5 @@ class _DecodeState:
             codes=rows(self.codes) if self.latent else None,
             code_logprobs=rows(self.code_logprobs) if self.latent else None,
             finish=self.finish,
+            states=states,
         )

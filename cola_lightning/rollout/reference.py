@@ -21,28 +21,35 @@ def generate_without_cache(
     code_sampler: Sampler,
     token_sampler: Sampler,
     pad_id: int,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | list[torch.Generator] | None = None,
+    latent: bool = True,
 ) -> dict[str, torch.Tensor]:
-    """Latent-action generation of exactly `steps` tokens per prompt (no stopping).
+    """Generation of exactly `steps` tokens per prompt (no stopping), latent or token mode.
 
-    Returns (B, steps) tensors: ``tokens``, ``codes``, ``token_logprobs``, ``code_logprobs``.
+    Returns (B, steps) tensors: ``tokens``, ``token_logprobs`` and, in latent mode, ``codes``
+    and ``code_logprobs``.
     """
     device = next(model.parameters()).device
     sequences = [list(p) for p in prompt_ids]
-    chosen = {"tokens": [], "codes": [], "token_logprobs": [], "code_logprobs": []}
+    chosen = {"tokens": [], "token_logprobs": []}
+    if latent:
+        chosen.update(codes=[], code_logprobs=[])
     for _ in range(steps):
         ids, mask = (t.to(device) for t in left_pad(sequences, pad_id))
         positions = position_ids(mask)
         hidden, _ = model.hidden_states(ids, mask, positions)
-        policy, _ = model.policy_logits(hidden, mask, positions)
-        code = code_sampler.choose(policy[:, -1], generator)
-        logits = model.world_model_logits(hidden[:, -1:], code[:, None])[:, -1]
+        if latent:
+            policy, _ = model.policy_logits(hidden, mask, positions)
+            code = code_sampler.choose(policy[:, -1], generator)
+            logits = model.world_model_logits(hidden[:, -1:], code[:, None])[:, -1]
+            chosen["codes"].append(code)
+            chosen["code_logprobs"].append(
+                code_sampler.log_probs(policy[:, -1]).gather(-1, code[:, None])[:, 0]
+            )
+        else:
+            logits = model.base_logits(hidden[:, -1:])[:, -1]
         token = token_sampler.choose(logits, generator)
-        chosen["codes"].append(code)
         chosen["tokens"].append(token)
-        chosen["code_logprobs"].append(
-            code_sampler.log_probs(policy[:, -1]).gather(-1, code[:, None])[:, 0]
-        )
         chosen["token_logprobs"].append(
             token_sampler.log_probs(logits).gather(-1, token[:, None])[:, 0]
         )

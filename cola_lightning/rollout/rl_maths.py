@@ -62,13 +62,20 @@ class ActionBatch:
     actions: torch.Tensor  # (N, L) code or token chosen at that position (0 elsewhere)
     action_mask: torch.Tensor  # (N, L) bool
     old_logprobs: torch.Tensor  # (N, L) log-prob of the action when it was sampled
+    states: torch.Tensor | None = None  # (N, L, d) the frozen backbone's states, when known
 
     def select(self, rows: torch.Tensor) -> ActionBatch:
-        return ActionBatch(*(getattr(self, f.name)[rows] for f in dataclasses.fields(self)))
+        fields = (getattr(self, f.name) for f in dataclasses.fields(self))
+        return ActionBatch(*(None if t is None else t[rows] for t in fields))
 
 
 def action_batch(rollout, latent: bool, pad_id: int, device) -> ActionBatch:
-    """Aligns a `Rollout`'s actions with positions: the action at position p made token p + 1."""
+    """Aligns a `Rollout`'s actions with positions: the action at position p made token p + 1.
+
+    The rollout's backbone states, when it kept them, are aligned the same way; the last
+    position, which takes no action and which the rollout never fed back, gets zeros (the policy
+    is causal, so no action reads it).
+    """
     sequences = [p + t for p, t in zip(rollout.prompt_ids, rollout.token_ids, strict=True)]
     ids, mask = left_pad(sequences, pad_id)
     actions = torch.zeros_like(ids)
@@ -83,7 +90,18 @@ def action_batch(rollout, latent: bool, pad_id: int, device) -> ActionBatch:
         old[row, start : width - 1] = torch.tensor(lps, dtype=torch.float32)
         taken[row, start : width - 1] = True
     tensors = (ids, mask, position_ids(mask), actions, taken, old)
-    return ActionBatch(*(t.to(device) for t in tensors))
+    batch = ActionBatch(*(t.to(device) for t in tensors))
+    if rollout.states is not None:
+        batch.states = aligned_states(rollout.states, width, device)
+    return batch
+
+
+def aligned_states(states: list[torch.Tensor], width: int, device) -> torch.Tensor:
+    """Per-sequence states (n_i - 1, d) placed left-padded in (N, width, d), zeros elsewhere."""
+    out = states[0].new_zeros(len(states), width, states[0].shape[-1], device=device)
+    for row, rows in enumerate(states):
+        out[row, width - len(rows) - 1 : width - 1] = rows
+    return out
 
 
 # -- masked means --------------------------------------------------------------------------------

@@ -48,6 +48,11 @@ class RLConfig:
             Trainer's `max_steps` and `global_step` count optimiser steps.
         max_grad_norm: gradient clipping.
         gae_lambda: GAE's lambda (``ppo_gae``).
+        backbone_states: where latent RL's update gets the frozen backbone's states: ``rollout``
+            (kept from the rollout, which computed them already, so an update is the policy's
+            forward and backward only) or ``recompute`` (one no-grad backbone pass per rollout
+            batch, for when the kept states would not fit in memory). Token RL trains the
+            backbone and always recomputes.
     """
 
     algorithm: str = "grpo"
@@ -58,8 +63,13 @@ class RLConfig:
     minibatches: int = 1
     max_grad_norm: float = 1.0
     gae_lambda: float = 0.95
+    backbone_states: str = "rollout"
 
     def __post_init__(self) -> None:
+        if self.backbone_states not in ("rollout", "recompute"):
+            raise ValueError(
+                f"Unknown rl.backbone_states {self.backbone_states!r}; use rollout or recompute."
+            )
         if self.algorithm not in rl_maths.ALGORITHMS:
             raise ValueError(f"Unknown RL algorithm {self.algorithm!r}; use {rl_maths.ALGORITHMS}.")
         if self.algorithm == "grpo" and self.group_size < 2:
@@ -161,8 +171,8 @@ class RLStage(CoLAStage):
             self.generation, code=Sampler(greedy=True), token=Sampler(greedy=True)
         )
 
-    def rollout(self, records: list[dict], config: GenerationConfig):
-        """Generates one completion per record and scores it.
+    def rollout(self, records: list[dict], config: GenerationConfig, keep_states: bool = False):
+        """Generates one completion per record and scores it (`keep_states`: see `Rollout`).
 
         Returns:
             The `Rollout`, the rewards (N,) on this module's device, and the reward error count.
@@ -170,7 +180,9 @@ class RLStage(CoLAStage):
         engine = Generator(self.model, self.tokenizer, config)
         prompts = [r["prompt"] for r in records]
         mode = "latent" if self.latent else "token"
-        result = engine.generate(prompts, mode, generator=self.streams(prompts))
+        result = engine.generate(
+            prompts, mode, generator=self.streams(prompts), keep_states=keep_states
+        )
         rewards, errors = self.reward([r["prompt"] for r in records], result.texts, records)
         return result, rewards.to(self.device), errors
 
@@ -192,7 +204,8 @@ class RLStage(CoLAStage):
         started = time.perf_counter()
         group = 1 if self.rl.algorithm == "remax" else self.rl.group_size
         records = [r for r in batch for _ in range(group)]
-        result, rewards, errors = self.rollout(records, self.generation)
+        keep = self.latent and self.rl.backbone_states == "rollout"
+        result, rewards, errors = self.rollout(records, self.generation, keep_states=keep)
         if self.rl.algorithm == "remax":
             _, greedy_rewards, greedy_errors = self.rollout(batch, self.greedy_config())
             errors += greedy_errors
@@ -202,7 +215,9 @@ class RLStage(CoLAStage):
         else:
             advantages = rl_maths.batch_advantages(rewards)
         rolled = time.perf_counter()
-        actions = action_batch(result, self.latent, self.tokenizer.pad_token_id, self.device)
+        actions = self.with_states(
+            action_batch(result, self.latent, self.tokenizer.pad_token_id, self.device)
+        )
         if self.rl.algorithm == "ppo_gae":
             advantages = self.gae_advantages(actions, rewards)
         stats = self.update(actions, advantages)
@@ -223,6 +238,10 @@ class RLStage(CoLAStage):
             prog_bar=True,
             batch_size=len(records),
         )
+
+    def with_states(self, batch: ActionBatch) -> ActionBatch:
+        """The batch with the backbone's states wherever this stage's update reads them."""
+        return batch
 
     def update(self, batch: ActionBatch, advantages: torch.Tensor) -> dict[str, torch.Tensor]:
         """`epochs` passes of `minibatches` clipped policy-gradient steps; the last stats."""
@@ -296,10 +315,17 @@ class LatentRLModule(RLStage):
     trained_parts = ("policy",)
     latent = True
 
+    def with_states(self, batch: ActionBatch) -> ActionBatch:
+        """Kept from the rollout, or computed here once for every epoch and minibatch."""
+        if batch.states is None:
+            with torch.no_grad():
+                batch.states, _ = self.model.hidden_states(
+                    batch.input_ids, batch.attention_mask, batch.position_ids
+                )
+        return batch
+
     def action_logprobs(self, batch, with_reference):
-        hidden, _ = self.model.hidden_states(
-            batch.input_ids, batch.attention_mask, batch.position_ids
-        )
+        hidden = self.with_states(batch).states
         logits, _ = self.model.policy(hidden, batch.attention_mask, batch.position_ids)
         logprobs, entropy = rl_maths.action_logprobs(logits, batch.actions, self.temperature)
         reference = None

@@ -5,6 +5,7 @@ import torch
 
 from cola_lightning.models.tokenizer import byte_tokenizer
 from cola_lightning.rollout.engine import GenerationConfig, Generator, left_pad
+from cola_lightning.rollout.kv_cache import PreallocatedLayer
 from cola_lightning.rollout.reference import generate_without_cache
 from cola_lightning.rollout.sampling import Sampler
 from tests.conftest import tiny_model
@@ -139,3 +140,55 @@ def test_sampler_truncation():
     assert all(Sampler(top_k=1).choose(logits, generator) == 0 for _ in range(10))
     with pytest.raises(ValueError, match="temperature"):
         Sampler(temperature=0)
+
+
+@pytest.mark.parametrize("mode", ["latent", "token"])
+def test_repeated_prompts_are_prefilled_once_and_equal_recomputation(model, mode):
+    """An RL group repeats its prompt: the engine prefills it once and fans the caches out."""
+    sampler = Sampler(temperature=0.9)
+    gen = engine(model, max_new_tokens=9, code=sampler, token=sampler)
+    prompts = gen.encode([PROMPTS[0], PROMPTS[0], PROMPTS[2], PROMPTS[0], PROMPTS[2]])
+
+    def streams():
+        return [torch.Generator().manual_seed(seed) for seed in range(len(prompts))]
+
+    positions = []
+    hook = model.backbone.register_forward_pre_hook(
+        lambda _, args: positions.append(args[0].numel()) if args and args[0] is not None else None
+    )
+    rollout = gen.generate(prompts, mode=mode, generator=streams())
+    hook.remove()
+    width = max(len(p) for p in prompts)
+    assert sum(positions) == 2 * width + 8 * len(prompts)  # two distinct prompts, 8 fed tokens
+    expected = generate_without_cache(
+        model, prompts, 9, sampler, sampler, 256, streams(), latent=mode == "latent"
+    )
+    assert rollout.token_ids == expected["tokens"].tolist()
+    torch.testing.assert_close(torch.tensor(rollout.token_logprobs), expected["token_logprobs"])
+    if mode == "latent":
+        assert rollout.codes == expected["codes"].tolist()
+        torch.testing.assert_close(torch.tensor(rollout.code_logprobs), expected["code_logprobs"])
+    assert len({tuple(t) for t in rollout.token_ids[:2]}) == 2  # own streams after the fan-out
+
+
+def test_kept_states_are_the_backbone_states_of_the_whole_sequence(model):
+    gen = engine(model, max_new_tokens=7, code=Sampler(), stop_strings=["e"])
+    rollout = gen.generate(PROMPTS, keep_states=True, generator=torch.Generator().manual_seed(1))
+    for prompt, tokens, states in zip(
+        rollout.prompt_ids, rollout.token_ids, rollout.states, strict=True
+    ):
+        with torch.no_grad():
+            hidden, _ = model.hidden_states(torch.tensor([prompt + tokens]))
+        torch.testing.assert_close(states, hidden[0, :-1], atol=1e-5, rtol=1e-5)
+    assert gen.generate(PROMPTS).states is None
+
+
+def test_preallocated_cache_layer_grows_and_equals_concatenation():
+    layer = PreallocatedLayer(capacity=2)
+    chunks = [torch.randn(2, 3, n, 4) for n in (1, 2, 3)]
+    for chunk in chunks:
+        keys, values = layer.update(chunk, -chunk)
+    torch.testing.assert_close(keys, torch.cat(chunks, dim=2))
+    torch.testing.assert_close(values, -torch.cat(chunks, dim=2))
+    layer.batch_select_indices(torch.tensor([1, 1, 0]))
+    assert torch.equal(layer.keys[0], layer.keys[1]) and layer.keys.shape == (3, 3, 6, 4)

@@ -86,6 +86,34 @@ def test_identical_rewards_give_zero_policy_gradient(stage_one_b_checkpoint):
     assert all(g is None or torch.count_nonzero(g) == 0 for g in grads)
 
 
+def test_update_on_kept_states_equals_update_on_recomputed_states(stage_one_b_checkpoint):
+    """The rollout's backbone states serve the update: same loss, KL and policy gradients."""
+    module = latent_rl(stage_one_b_checkpoint[0], kl_coef=0.1)
+    module.set_training_modes()
+    data = task_data()
+    data.setup()
+    records = [r for r in data.splits["train"][:2] for _ in range(4)]
+    rollout, _, _ = module.rollout(records, module.generation, keep_states=True)
+    kept = action_batch(rollout, True, 256, "cpu")
+    recomputed = module.with_states(dataclasses.replace(kept, states=None))
+    advantages = torch.linspace(-1.0, 1.0, 8)
+    results = []
+    for batch in (kept, recomputed):
+        module.model.policy.zero_grad()
+        stats = module.policy_step(batch, advantages)
+        stats["loss"].backward()
+        grads = [p.grad.clone() for p in module.model.policy.parameters() if p.grad is not None]
+        results.append((stats["loss"].detach(), stats["rl/kl"], grads))
+    (loss_a, kl_a, grads_a), (loss_b, kl_b, grads_b) = results
+    torch.testing.assert_close(loss_a, loss_b, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(kl_a, kl_b, atol=1e-7, rtol=1e-4)
+    assert len(grads_a) == len(grads_b) > 0 and any(g.abs().sum() > 0 for g in grads_a)
+    for a, b in zip(grads_a, grads_b, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-4)
+    with pytest.raises(ValueError, match="backbone_states"):
+        RLConfig(backbone_states="cache")
+
+
 @pytest.mark.parametrize("algorithm", ["grpo", "remax", "ppo"])
 def test_only_the_policy_learns_and_the_reference_stays(stage_one_b_checkpoint, algorithm):
     rl = {"algorithm": algorithm, "epochs": 2 if algorithm == "ppo" else 1}
@@ -145,8 +173,8 @@ class TargetCodesRL(LatentRLModule):
 
     target: list[int] = []
 
-    def rollout(self, records, config):
-        result, _, errors = super().rollout(records, config)
+    def rollout(self, records, config, keep_states=False):
+        result, _, errors = super().rollout(records, config, keep_states)
         rewards = torch.tensor([float(codes == self.target) for codes in result.codes])
         return result, rewards, errors
 
