@@ -5,6 +5,10 @@ cache, the policy gives pi(. | x_1..x_t) from its own KV cache, a code a_t is ch
 greedy, or forced), the world model turns (h_t, a_t) into token logits, and the token is chosen
 (greedy by default, as in the paper's RL, so all exploration is in the K codes). Token mode is the
 plain backbone sampling tokens: the baseline, through the same interface.
+
+In the inject form the world model keeps its own KV cache for its copies of the top layers: the
+prompt's positions enter it with the inverse dynamics model's codes (the prompt's next tokens are
+known, as in training), every generated position with the code chosen for it.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.distributed.tensor import DTensor
+from transformers import DynamicCache
 
 from cola_lightning.models.cola import CoLAModel
 from cola_lightning.rollout.rl_maths import left_pad, position_ids
@@ -179,6 +184,26 @@ class Generator:
         return padded, lengths
 
 
+def prompt_codes(model: CoLAModel, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The inverse dynamics model's codes (B, P-1) for the steps inside left-padded prompts."""
+    return model.inverse_dynamics.code_logits(hidden, mask).argmax(-1)
+
+
+def prefill_prompt(
+    model: CoLAModel, hidden: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor
+) -> DynamicCache | None:
+    """The world model's cache over the prompt's positions but the last (inject form), or None.
+
+    Those positions carry the inverse dynamics model's codes; the last one gets its code from
+    the policy when generation starts.
+    """
+    cache = model.world_model_cache()
+    if cache is not None and hidden.shape[1] > 1:
+        codes = prompt_codes(model, hidden, mask)
+        model.prefill_world_model(hidden[:, :-1], codes, mask[:, :-1], positions[:, :-1], cache)
+    return cache
+
+
 class _DecodeState:
     """The moving parts of one `Generator.generate` call: caches, masks, and what was chosen."""
 
@@ -194,15 +219,16 @@ class _DecodeState:
         device = owner._device()
         ids, self.mask = (t.to(device) for t in left_pad(prompt_ids, self.tokenizer.pad_token_id))
         self.positions = position_ids(self.mask)
-        hidden, self.backbone_cache = self.model.hidden_states(
-            ids, self.mask, self.positions, use_cache=True
-        )
+        states = self.model.hidden_states if latent else self.model.token_states
+        hidden, self.backbone_cache = states(ids, self.mask, self.positions, use_cache=True)
         self.hidden = hidden[:, -1:]
+        self.world_model_cache = None
         if latent:
             logits, self.policy_cache = self.model.policy_logits(
                 hidden, self.mask, self.positions, use_cache=True
             )
             self.policy_last = logits[:, -1]
+            self.world_model_cache = prefill_prompt(self.model, hidden, self.mask, self.positions)
         batch = len(prompt_ids)
         self.done = torch.zeros(batch, dtype=torch.bool, device=device)
         self.finish = ["length"] * batch
@@ -221,9 +247,16 @@ class _DecodeState:
             logprob = self.config.code.log_probs(self.policy_last).gather(-1, code[:, None])
             self.codes.append(code)
             self.code_logprobs.append(logprob[:, 0])
-            logits = self.model.world_model_logits(self.hidden, code[:, None])[:, -1]
+            # positions[:, -1:]: before the first feed_last_token they still cover the prompt
+            logits = self.model.world_model_logits(
+                self.hidden,
+                code[:, None],
+                self.mask,
+                self.positions[:, -1:],
+                self.world_model_cache,
+            )[:, -1]
         else:
-            logits = self.model.base_logits(self.hidden)[:, -1]
+            logits = self.model.token_logits(self.hidden)[:, -1]
         token = self.config.token.choose(logits, self.generator)
         token = token.masked_fill(self.done, self.tokenizer.pad_token_id)
         self.tokens.append(token)
@@ -252,7 +285,8 @@ class _DecodeState:
         self.mask = torch.cat([self.mask, torch.ones_like(self.mask[:, :1])], dim=-1)
         self.positions = self.positions[:, -1:] + 1
         token = self.tokens[-1][:, None]
-        self.hidden, self.backbone_cache = self.model.hidden_states(
+        states = self.model.hidden_states if self.latent else self.model.token_states
+        self.hidden, self.backbone_cache = states(
             token, self.mask, self.positions, self.backbone_cache, use_cache=True
         )
         if self.latent:
