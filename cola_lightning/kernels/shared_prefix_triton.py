@@ -146,7 +146,9 @@ def shared_prefix_attention_triton(
     block_m = min(64, max(16, triton.next_power_of_2(rows)))
     block_d = max(16, triton.next_power_of_2(dim))
     row_blocks = triton.cdiv(rows, block_m)
-    splits = _num_splits(num_splits, width, batch * kv_heads * row_blocks, query.device)
+    programs = batch * kv_heads * row_blocks
+    affordable = _affordable_splits(width, rows, dim, prefix_key.element_size())
+    splits = _num_splits(num_splits, width, programs, affordable, query.device)
     chunk = triton.cdiv(triton.cdiv(width, splits), BLOCK_N) * BLOCK_N if splits else BLOCK_N
     splits = triton.cdiv(width, chunk)
     fp32 = dict(dtype=torch.float32, device=query.device)
@@ -171,8 +173,22 @@ def shared_prefix_attention_triton(
     return out, lse
 
 
-def _num_splits(requested: int | None, width: int, programs: int, device: torch.device) -> int:
-    """Prefix splits: as asked, else enough for PROGRAMS_PER_SM programs on every SM (1 on CPU)."""
+def _affordable_splits(width: int, rows: int, dim: int, element_size: int) -> int:
+    """The most prefix splits whose fp32 partials cost no more traffic than the prefix itself.
+
+    Each split writes, and the merge reads back, an fp32 output and LSE per row: 2 * rows *
+    (dim + 1) * 4 bytes per KV head. With 256 rows (K = 64, GQA group 4) that matches a
+    512-position bf16 prefix, so at short prefixes splitting would move more bytes than it saves
+    (experiments/kernels/roofline.py).
+    """
+    return max(1, (2 * width * dim * element_size) // (2 * rows * (dim + 1) * 4))
+
+
+def _num_splits(
+    requested: int | None, width: int, programs: int, affordable: int, device: torch.device
+) -> int:
+    """Prefix splits: as asked, else enough for PROGRAMS_PER_SM programs on every SM (1 on CPU),
+    at most `affordable` (`_affordable_splits`)."""
     if width == 0:
         return 0
     most = triton.cdiv(width, BLOCK_N)
@@ -181,4 +197,4 @@ def _num_splits(requested: int | None, width: int, programs: int, device: torch.
     if device.type != "cuda":
         return 1
     sms = torch.cuda.get_device_properties(device).multi_processor_count
-    return max(1, min(most, triton.cdiv(PROGRAMS_PER_SM * sms, programs)))
+    return max(1, min(most, affordable, triton.cdiv(PROGRAMS_PER_SM * sms, programs)))
