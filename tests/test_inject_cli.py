@@ -7,17 +7,19 @@ import torch
 from cola_lightning.cli import main
 from tests.conftest import REPO
 
+# Two training steps a stage are enough here (tests/stages/test_latent_actions_inject.py trains).
+SHORT = ["--trainer.max_steps=2", "--trainer.val_check_interval=2", "--trainer.limit_val_batches=1"]
 RUNS = (
-    ("fit", "latent_actions_inject"),
-    ("fit", "behavior_cloning_inject"),
-    ("predict", "generate_inject"),
+    ("fit", "latent_actions_inject", SHORT),
+    ("fit", "behavior_cloning_inject", SHORT),
+    ("predict", "generate_inject", []),
 )
 
 
 def test_inject_configs_run_stage_one_behaviour_cloning_and_generation(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    for command, name in RUNS:
-        main([command, "--config", str(REPO / f"configs/test/{name}.yaml")])
+    for command, name, overrides in RUNS:
+        main([command, "--config", str(REPO / f"configs/test/{name}.yaml"), *overrides])
     states = {
         stage: torch.load(
             tmp_path / f"checkpoints/test/{stage}/last.ckpt", map_location="cpu", weights_only=False

@@ -267,7 +267,7 @@ class CoLAModel(nn.Module):
         under `attention_mask`), so its states must be whole sequences.
         """
         if self.inject_layer is None:
-            return self.backbone(readout=Readout(hidden))
+            return self.token_logits(hidden)
         readout = Readout(hidden, True, None, self.inject_layer, attention_mask, position_ids)
         return self.backbone(readout=readout)
 
