@@ -68,3 +68,12 @@ def test_triton_on_gpu_equals_the_batched_path(dtype):
     tolerance = 3e-2 if dtype == torch.bfloat16 else 1e-4
     torch.testing.assert_close(out.float(), expected_out.float(), atol=tolerance, rtol=tolerance)
     torch.testing.assert_close(lse, expected_lse, atol=tolerance, rtol=tolerance)
+
+
+@pytest.mark.skipif(not triton_available(), reason="triton is not installed")
+def test_prefix_splits_stop_where_their_partials_outweigh_the_prefix():
+    from cola_lightning.kernels.shared_prefix_triton import _affordable_splits
+
+    # K = 64 candidates x GQA group 4 = 256 rows, head dim 128, bf16 (docs/benchmarks.md)
+    assert [_affordable_splits(t, 256, 128, 2) for t in (64, 512, 2048, 8192)] == [1, 1, 3, 15]
+    assert _affordable_splits(2048, 256, 128, 4) == 7  # fp32 prefixes afford twice the splits
