@@ -113,6 +113,7 @@ def build_atlas(
     """
     if not texts:
         raise ValueError("The atlas needs at least one text.")
+    model.require_merge_form("The action atlas")
     device = next(model.parameters()).device
     num_codes = model.num_codes
     vocab = model.backbone.lm_head.out_features

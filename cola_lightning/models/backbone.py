@@ -9,6 +9,7 @@ the three things CoLA needs: final-normed hidden states, the final norm, and the
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,9 +20,11 @@ from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
     AutoTokenizer,
+    PretrainedConfig,
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
+from transformers.masking_utils import create_causal_mask
 
 from cola_lightning.models.adapters import (
     LoraSpec,
@@ -228,11 +231,14 @@ class Backbone(nn.Module):
         past_key_values: Any = None,
         use_cache: bool = False,
         readout: Readout | None = None,
+        output_layer: int | None = None,
     ) -> tuple[torch.Tensor, Any] | torch.Tensor:
         """Final-normed hidden states h (B, T, d) and the updated KV cache (None without cache).
 
-        Given `readout` instead, the next-token logits it asks for. Both uses go through
-        `forward` because a sharded backbone (FSDP2) gathers its weights in forward's hooks.
+        With `output_layer` L, the residual-stream states entering layer L instead (what the
+        inject form's latent parts read); the whole stack still runs, so the cache stays complete.
+        Given `readout` instead, the next-token logits it asks for. All uses go through `forward`
+        because a sharded backbone (FSDP2) gathers its weights in forward's hooks.
         """
         if readout is not None:
             return readout.logits(self)
@@ -243,20 +249,74 @@ class Backbone(nn.Module):
                 position_ids=position_ids,
                 past_key_values=past_key_values,
                 use_cache=use_cache,
+                output_hidden_states=output_layer is not None,
             )
-        return out.last_hidden_state, out.past_key_values if use_cache else None
+        states = out.last_hidden_state if output_layer is None else out.hidden_states[output_layer]
+        return states, out.past_key_values if use_cache else None
+
+
+def run_decoder_layers(
+    layers: Iterable[nn.Module],
+    rotary: nn.Module,
+    config: PretrainedConfig,
+    hidden: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    position_ids: torch.Tensor | None = None,
+    cache: Any = None,
+) -> torch.Tensor:
+    """Runs Hugging Face decoder layers over states (B, T, d) as their base model would.
+
+    Causal mask from `attention_mask` (over cached and new positions), rotary embeddings at
+    `position_ids` (default: after the cached positions), and `cache` (a `DynamicCache`, updated
+    in place) when given. Returns the last layer's output, not normed.
+    """
+    if position_ids is None:
+        past = cache.get_seq_length() if cache is not None else 0
+        position_ids = torch.arange(past, past + hidden.shape[1], device=hidden.device)[None]
+    mask = create_causal_mask(
+        config=config,
+        inputs_embeds=hidden,
+        attention_mask=attention_mask,
+        past_key_values=cache,
+        position_ids=position_ids,
+    )
+    embeddings = rotary(hidden, position_ids=position_ids)
+    for layer in layers:
+        hidden = layer(
+            hidden,
+            attention_mask=mask,
+            position_embeddings=embeddings,
+            position_ids=position_ids,
+            past_key_values=cache,
+            use_cache=cache is not None,
+        )
+    return hidden
 
 
 @dataclass
 class Readout:
-    """Logits lm_head(state) or, with `normalize`, lm_head(final_norm(state) - subtract)."""
+    """Logits lm_head(state) or, with `normalize`, lm_head(final_norm(state) - subtract).
+
+    With `from_layer` L, `state` is the residual stream entering layer L: the backbone's own
+    layers L..end run over it first (causal, under `attention_mask` and `position_ids`), then the
+    final norm and lm_head: the plain LM's logits from the inject form's states.
+    """
 
     state: torch.Tensor
     normalize: bool = False
     subtract: torch.Tensor | None = None
+    from_layer: int | None = None
+    attention_mask: torch.Tensor | None = None
+    position_ids: torch.Tensor | None = None
 
     def logits(self, backbone: Backbone) -> torch.Tensor:
-        state = backbone.final_norm(self.state) if self.normalize else self.state
+        state = self.state
+        if self.from_layer is not None:
+            decoder = backbone.decoder
+            layers = decoder.layers[self.from_layer :]
+            args = (decoder.rotary_emb, decoder.config, state, self.attention_mask)
+            state = run_decoder_layers(layers, *args, self.position_ids)
+        state = backbone.final_norm(state) if self.normalize else state
         if self.subtract is not None:
             state = state - self.subtract
         return backbone.lm_head(state)

@@ -158,8 +158,8 @@ def build_sharded_cola_model(
     shard_cola_model(model, mesh, config)
     model.to_empty(device=mesh.device_type)
     reset_rotary_buffers(model)
-    init_latent_parameters(model, seed)
     load_backbone_weights(model.backbone, spec)
+    init_latent_parameters(model, seed)
     return model
 
 
@@ -186,8 +186,9 @@ def init_latent_parameters(model: CoLAModel, seed: int) -> None:
     """Initialises the latent parts, each parameter from a generator seeded by (seed, its name).
 
     Linear weights are normal with the backbone's initializer range, norm weights one, biases
-    zero. Being independent of construction order and of sharding, a model built on the meta
-    device and sharded over N ranks starts exactly where a plain single-process one does.
+    zero; the inject form's layer copies then take the backbone's weights (so the backbone must
+    be loaded first). Being independent of construction order and of sharding, a model built on
+    the meta device and sharded over N ranks starts exactly where a plain single-process one does.
     """
     std = getattr(model.backbone.config, "initializer_range", 0.02)
     for part in LATENT_PARTS:
@@ -203,6 +204,9 @@ def init_latent_parameters(model: CoLAModel, seed: int) -> None:
             else:
                 full = torch.randn(parameter.shape, generator=generator) * std
             copy_full_tensor(parameter, full)
+    if model.inject_layer is not None:
+        # The inject form's layers start as copies of the backbone's layers L..end.
+        model.world_model.copy_backbone_layers(model.backbone)
 
 
 def load_backbone_weights(backbone: Backbone, spec: BackboneSpec) -> None:

@@ -1,15 +1,53 @@
-"""Codebook and the language world model in CoLA's "merge" form (the released model's form).
+"""Codebook, the world model's form, and the language world model in CoLA's "merge" form.
 
-The world model reads the backbone's state h_t and a code embedding e_t and refines the state with
-a few residual SwiGLU layers over [s; e]. The readout through the backbone's own final norm and
-lm_head lives in `CoLAModel.world_model_logits`, so the backbone's weights are registered once.
+Merge (the released model's form, the default): the world model reads the backbone's state h_t and
+a code embedding e_t and refines the state with a few residual SwiGLU layers over [s; e]. Inject
+(`models/inject.py`): the code enters the residual stream at layer L and trainable copies of the
+backbone's layers L..end are the world model. Either way the readout through the backbone's own
+final norm and lm_head lives in `CoLAModel.world_model_logits`, so the backbone's weights are
+registered once.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+FORMS = ("merge", "inject")
+
+
+@dataclass
+class WorldModelSpec:
+    """Which world model: ``merge`` (the released CoLA) or ``inject`` at backbone layer `layer`.
+
+    Args:
+        form: ``merge`` (residual SwiGLU layers over [h_t; e_t] after the backbone) or ``inject``
+            (norm(e_t) + norm(state) enters at layer `layer`; copies of layers `layer`..end are the
+            world model, and the inverse dynamics model and policy read the layer-`layer` states).
+        layer: L, the backbone layer where the code is injected (inject form only; the reference
+            code uses 28 of Llama-3.1-8B's 32). Must satisfy 0 <= L < the backbone's layer count.
+    """
+
+    form: str = "merge"
+    layer: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.form not in FORMS:
+            raise ValueError(f"Unknown world_model.form {self.form!r}; use one of {FORMS}.")
+        if self.form == "inject" and self.layer is None:
+            raise ValueError(
+                "world_model.form 'inject' needs `layer`: the backbone layer L where the code "
+                "enters (e.g. layer: 26 of SmolLM2-135M's 30, as the reference uses 28 of 32)."
+            )
+        if self.form == "merge" and self.layer is not None:
+            raise ValueError("world_model.layer is for form 'inject'; drop it for 'merge'.")
+
+    @property
+    def inject(self) -> bool:
+        return self.form == "inject"
 
 
 class Codebook(nn.Linear):

@@ -5,6 +5,10 @@ cache, the policy gives pi(. | x_1..x_t) from its own KV cache, a code a_t is ch
 greedy, or forced), the world model turns (h_t, a_t) into token logits, and the token is chosen
 (greedy by default, as in the paper's RL, so all exploration is in the K codes). Token mode is the
 plain backbone sampling tokens: the baseline, through the same interface.
+
+In the inject form the world model keeps its own KV cache for its copies of the top layers: the
+prompt's positions enter it with the inverse dynamics model's codes (the prompt's next tokens are
+known, as in training), every generated position with the code chosen for it.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.distributed.tensor import DTensor
+from transformers import DynamicCache
 
 from cola_lightning.models.cola import CoLAModel
 from cola_lightning.rollout.kv_cache import PreallocatedCache
@@ -204,6 +209,26 @@ class Generator:
         return padded, lengths
 
 
+def prompt_codes(model: CoLAModel, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The inverse dynamics model's codes (B, P-1) for the steps inside left-padded prompts."""
+    return model.inverse_dynamics.code_logits(hidden, mask).argmax(-1)
+
+
+def prefill_prompt(
+    model: CoLAModel, hidden: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor
+) -> DynamicCache | None:
+    """The world model's cache over the prompt's positions but the last (inject form), or None.
+
+    Those positions carry the inverse dynamics model's codes; the last one gets its code from
+    the policy when generation starts.
+    """
+    cache = model.world_model_cache()
+    if cache is not None and hidden.shape[1] > 1:
+        codes = prompt_codes(model, hidden, mask)
+        model.prefill_world_model(hidden[:, :-1], codes, mask[:, :-1], positions[:, :-1], cache)
+    return cache
+
+
 class _DecodeState:
     """The moving parts of one `Generator.generate` call: caches, masks, and what was chosen."""
 
@@ -244,20 +269,24 @@ class _DecodeState:
         self.backbone_cache = PreallocatedCache(capacity)
         first = slice(None) if rows is None else rows[0]
         mask, positions = self.mask[first], self.positions[first]
-        hidden, _ = self.model.hidden_states(
-            ids[first], mask, positions, self.backbone_cache, use_cache=True
-        )
+        states = self.model.hidden_states if self.latent else self.model.token_states
+        hidden, _ = states(ids[first], mask, positions, self.backbone_cache, use_cache=True)
+        caches = [self.backbone_cache]
+        self.world_model_cache = None
         if self.latent:
             self.policy_cache = PreallocatedCache(capacity)
             logits, _ = self.model.policy_logits(
                 hidden, mask, positions, self.policy_cache, use_cache=True
             )
+            self.world_model_cache = prefill_prompt(self.model, hidden, mask, positions)
+            caches += [self.policy_cache, self.world_model_cache]
         if rows is not None:
             hidden = hidden[rows[1]]
-            self.backbone_cache.select_rows(rows[1])
+            for cache in caches:
+                if cache is not None:
+                    cache.batch_select_indices(rows[1])
             if self.latent:
                 logits = logits[rows[1]]
-                self.policy_cache.select_rows(rows[1])
         self.prompt_states, self.hidden = hidden, hidden[:, -1:]
         if self.latent:
             self.policy_last = logits[:, -1]
@@ -271,9 +300,16 @@ class _DecodeState:
             logprob = self.config.code.log_probs(self.policy_last).gather(-1, code[:, None])
             self.codes.append(code)
             self.code_logprobs.append(logprob[:, 0])
-            logits = self.model.world_model_logits(self.hidden, code[:, None])[:, -1]
+            # positions[:, -1:]: before the first feed_last_token they still cover the prompt
+            logits = self.model.world_model_logits(
+                self.hidden,
+                code[:, None],
+                self.mask,
+                self.positions[:, -1:],
+                self.world_model_cache,
+            )[:, -1]
         else:
-            logits = self.model.base_logits(self.hidden)[:, -1]
+            logits = self.model.token_logits(self.hidden)[:, -1]
         token = self.config.token.choose(logits, self.generator)
         token = token.masked_fill(self.done, self.tokenizer.pad_token_id)
         self.tokens.append(token)
@@ -302,7 +338,8 @@ class _DecodeState:
         self.mask = torch.cat([self.mask, torch.ones_like(self.mask[:, :1])], dim=-1)
         self.positions = self.positions[:, -1:] + 1
         token = self.tokens[-1][:, None]
-        self.hidden, self.backbone_cache = self.model.hidden_states(
+        states = self.model.hidden_states if self.latent else self.model.token_states
+        self.hidden, self.backbone_cache = states(
             token, self.mask, self.positions, self.backbone_cache, use_cache=True
         )
         if self.latent:

@@ -84,8 +84,3 @@ class PreallocatedCache(Cache):
 
     def __init__(self, capacity: int) -> None:
         super().__init__(layer_class_to_replicate=partial(PreallocatedLayer, capacity))
-
-    def select_rows(self, rows: torch.Tensor) -> None:
-        """Keeps the batch rows `rows` (indices may repeat: a shared prompt fans out)."""
-        for layer in self.layers:
-            layer.batch_select_indices(rows)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 
 from cola_lightning.models.cola import CoLAModel
+from cola_lightning.rollout.engine import prompt_codes
 from cola_lightning.rollout.rl_maths import left_pad, position_ids
 from cola_lightning.rollout.sampling import Sampler
 
@@ -31,28 +32,40 @@ def generate_without_cache(
     """
     device = next(model.parameters()).device
     sequences = [list(p) for p in prompt_ids]
+    ids, mask = (t.to(device) for t in left_pad(sequences, pad_id))
     chosen = {"tokens": [], "token_logprobs": []}
     if latent:
+        hidden, _ = model.hidden_states(ids, mask, position_ids(mask))
+        # Codes of the steps inside each prompt (the inject form's world model reads them).
+        history = [
+            row[ids.shape[1] - len(p) :]
+            for row, p in zip(prompt_codes(model, hidden, mask).tolist(), sequences, strict=True)
+        ]
         chosen.update(codes=[], code_logprobs=[])
     for _ in range(steps):
         ids, mask = (t.to(device) for t in left_pad(sequences, pad_id))
         positions = position_ids(mask)
-        hidden, _ = model.hidden_states(ids, mask, positions)
         if latent:
+            hidden, _ = model.hidden_states(ids, mask, positions)
             policy, _ = model.policy_logits(hidden, mask, positions)
             code = code_sampler.choose(policy[:, -1], generator)
-            logits = model.world_model_logits(hidden[:, -1:], code[:, None])[:, -1]
+            # every position's code (the prompt's from the IDM), left-padded like the token ids
+            codes, _ = left_pad([h + [c] for h, c in zip(history, code.tolist(), strict=True)], 0)
+            logits = model.world_model_logits(hidden, codes.to(device), mask, positions)[:, -1]
             chosen["codes"].append(code)
             chosen["code_logprobs"].append(
                 code_sampler.log_probs(policy[:, -1]).gather(-1, code[:, None])[:, 0]
             )
         else:
-            logits = model.base_logits(hidden[:, -1:])[:, -1]
+            hidden, _ = model.token_states(ids, mask, positions)
+            logits = model.token_logits(hidden[:, -1:])[:, -1]
         token = token_sampler.choose(logits, generator)
         chosen["tokens"].append(token)
         chosen["token_logprobs"].append(
             token_sampler.log_probs(logits).gather(-1, token[:, None])[:, 0]
         )
-        for sequence, new in zip(sequences, token.tolist(), strict=True):
-            sequence.append(new)
+        for row, new in enumerate(token.tolist()):
+            sequences[row].append(new)
+            if latent:
+                history[row].append(int(code[row]))
     return {name: torch.stack(values, dim=1) for name, values in chosen.items()}

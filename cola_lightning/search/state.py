@@ -118,6 +118,7 @@ class _ForkableState(_DecodeState):
         caches = {name: _batched_cache(nodes, name, width) for name in CACHES}
         self.backbone_cache, self.policy_cache, self.q_cache = (caches[n] for n in CACHES)
         self.hidden = torch.stack([n.hidden for n in nodes])[:, None]
+        self.world_model_cache = None  # the merge form's world model has no cache
         if latent:
             self.policy_last = torch.stack([n.policy_last for n in nodes])
         self.q_last = torch.stack([n.q_last for n in nodes]) if self.q_model else None
@@ -215,6 +216,9 @@ class TreeDecoder:
     stop_strings: list[str] = field(default_factory=list)
     stop_at_eos: bool = True
     cost: SearchCost = field(default_factory=SearchCost)
+
+    def __post_init__(self) -> None:
+        self.model.require_merge_form("Search")
 
     def config(self, code: Sampler, token: Sampler) -> GenerationConfig:
         return GenerationConfig(

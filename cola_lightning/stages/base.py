@@ -256,7 +256,7 @@ class CoLAStage(L.LightningModule):
         self, hidden: torch.Tensor, codes: torch.Tensor, batch: dict
     ) -> torch.Tensor:
         states, targets = next_token_pairs(hidden, batch["input_ids"])
-        logits = self.model.world_model_logits(states, codes)
+        logits = self.model.world_model_logits(states, codes, at_steps(batch["attention_mask"]))
         return masked_cross_entropy(logits, targets, target_mask(batch))
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
@@ -266,7 +266,9 @@ class CoLAStage(L.LightningModule):
         metrics = {
             "val/wm_nll": self.world_model_nll(hidden, codes, batch),
             "val/base_nll": masked_cross_entropy(
-                self.model.base_logits(states), targets, target_mask(batch)
+                self.model.base_logits(states, at_steps(batch["attention_mask"])),
+                targets,
+                target_mask(batch),
             ),
         }
         metrics.update(self.extra_validation_metrics(hidden, codes, batch))

@@ -15,7 +15,7 @@ from cola_lightning.metrics.codebook import CodebookUsage
 from cola_lightning.models.backbone import BackboneSpec
 from cola_lightning.models.cola import CoLAConfig
 from cola_lightning.models.sharding import ShardingConfig
-from cola_lightning.models.steps import next_token_pairs
+from cola_lightning.models.steps import at_steps, next_token_pairs
 from cola_lightning.stages.base import CoLAStage
 from cola_lightning.stages.losses import masked_cross_entropy, masked_mean, target_mask
 from cola_lightning.stages.optim import OptimizerConfig
@@ -68,7 +68,8 @@ class LatentActionModule(CoLAStage):
         soft = self.gumbel_softmax(logits.float())
         codes = straight_through_one_hot(soft).to(hidden.dtype)
         states, targets = next_token_pairs(hidden, batch["input_ids"])
-        ce = masked_cross_entropy(self.model.world_model_logits(states, codes), targets, mask)
+        logits = self.model.world_model_logits(states, codes, at_steps(batch["attention_mask"]))
+        ce = masked_cross_entropy(logits, targets, mask)
         negative_entropy = masked_mean((soft * soft.clamp_min(1e-12).log()).sum(-1), mask)
         loss = ce + self.entropy_coef * negative_entropy
         self._log_training(loss, ce, -negative_entropy, soft.argmax(-1)[mask])

@@ -29,9 +29,9 @@ class TokenRLModule(RLStage):
 
     def action_logprobs(self, batch, with_reference):
         args = (batch.input_ids, batch.attention_mask, batch.position_ids)
-        hidden, _ = self.model.hidden_states(*args)
+        hidden, _ = self.model.token_states(*args)
         logprobs, entropy = action_logprobs(
-            self.model.base_logits(hidden), batch.actions, self.temperature
+            self.model.token_logits(hidden), batch.actions, self.temperature
         )
         reference = None
         if with_reference:
