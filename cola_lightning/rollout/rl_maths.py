@@ -64,6 +64,19 @@ class ActionBatch:
     old_logprobs: torch.Tensor  # (N, L) log-prob of the action when it was sampled
     states: torch.Tensor | None = None  # (N, L, d) the frozen backbone's states, when known
 
+    def action_columns(self) -> slice:
+        """The columns holding every action: responses sit at the right of a left-padded batch,
+        so reading logits there alone skips the prompt's positions (a 49k-way head each)."""
+        columns = torch.nonzero(self.action_mask.any(0)).flatten()
+        if columns.numel() == 0:
+            return slice(0, 0)
+        return slice(int(columns[0]), int(columns[-1]) + 1)
+
+    def widen(self, values: torch.Tensor, columns: slice) -> torch.Tensor:
+        """Per-action values (N, C) read at `columns`, back at full width (N, L), zeros around."""
+        width = self.action_mask.shape[1]
+        return torch.nn.functional.pad(values, (columns.start, width - columns.stop))
+
     def select(self, rows: torch.Tensor) -> ActionBatch:
         fields = (getattr(self, f.name) for f in dataclasses.fields(self))
         return ActionBatch(*(None if t is None else t[rows] for t in fields))

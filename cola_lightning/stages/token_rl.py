@@ -28,15 +28,19 @@ class TokenRLModule(RLStage):
         return GenerationConfig(max_new_tokens=64, token=Sampler(temperature=1.0))
 
     def action_logprobs(self, batch, with_reference):
+        # The vocabulary head runs only where actions are (the responses), not over the prompts.
         args = (batch.input_ids, batch.attention_mask, batch.position_ids)
+        columns = batch.action_columns()
+        actions = batch.actions[:, columns]
         hidden, _ = self.model.token_states(*args)
-        logprobs, entropy = action_logprobs(
-            self.model.token_logits(hidden), batch.actions, self.temperature
-        )
+        logits = self.model.token_logits(hidden[:, columns])
+        logprobs, entropy = action_logprobs(logits, actions, self.temperature)
         reference = None
         if with_reference:
             with torch.no_grad():
                 ref_hidden, _ = self.reference(*args)
-                ref_logits = self.reference(readout=Readout(ref_hidden))
-            reference, _ = action_logprobs(ref_logits, batch.actions, self.temperature)
-        return logprobs, entropy, reference
+                ref_logits = self.reference(readout=Readout(ref_hidden[:, columns]))
+            reference = batch.widen(
+                action_logprobs(ref_logits, actions, self.temperature)[0], columns
+            )
+        return batch.widen(logprobs, columns), batch.widen(entropy, columns), reference

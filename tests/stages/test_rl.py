@@ -223,10 +223,10 @@ def test_a_raising_reward_fails_fast_when_asked(stage_one_b_checkpoint):
         tiny_trainer(max_steps=2, limit_val_batches=0).fit(module, task_data())
 
 
-def test_token_rl_trains_only_the_backbone(stage_one_b_checkpoint):
+def token_rl(init_from) -> TokenRLModule:
     module = TokenRLModule(
         tiny_spec(),
-        init_from=str(stage_one_b_checkpoint[0]),
+        init_from=str(init_from),
         cola=TINY_COLA,
         optimizer=OptimizerConfig(lr=1e-3, min_lr=1e-3, warmup_steps=0),
         rewards=[RewardSpec("tests.stages.test_rl:length_reward")],
@@ -234,6 +234,30 @@ def test_token_rl_trains_only_the_backbone(stage_one_b_checkpoint):
         generation=GenerationConfig(max_new_tokens=6, token=Sampler(temperature=1.0)),
     )
     module.configure_model()
+    return module
+
+
+def test_token_update_reads_the_head_at_the_responses_only(stage_one_b_checkpoint):
+    """Log-probs from the response columns equal the rollout's, and are zero elsewhere."""
+    module = token_rl(stage_one_b_checkpoint[0])
+    module.set_training_modes()
+    data = task_data()
+    data.setup()
+    records = data.splits["train"][:3]
+    rollout, _, _ = module.rollout(records, module.generation)
+    batch = action_batch(rollout, False, 256, "cpu")
+    with torch.no_grad():
+        logprobs, entropy, _ = module.action_logprobs(batch, with_reference=False)
+    columns = batch.action_columns()
+    assert columns.stop == batch.input_ids.shape[1] - 1
+    assert columns.stop - columns.start == max(len(t) for t in rollout.token_ids)
+    torch.testing.assert_close(logprobs[batch.action_mask], batch.old_logprobs[batch.action_mask])
+    assert torch.count_nonzero(logprobs[:, : columns.start]) == 0
+    assert torch.all(entropy[:, columns.start :][batch.action_mask[:, columns.start :]] > 0)
+
+
+def test_token_rl_trains_only_the_backbone(stage_one_b_checkpoint):
+    module = token_rl(stage_one_b_checkpoint[0])
     before = {k: v.clone() for k, v in module.model.state_dict().items()}
     trainer = tiny_trainer(max_steps=1, log_every_n_steps=1, limit_val_batches=1)
     trainer.fit(module, task_data())
