@@ -13,6 +13,7 @@ from cola_lightning.data.arithmetic import Problem, arithmetic_problems
 from cola_lightning.data.files import read_documents
 from cola_lightning.data.resumable import resumable_train_loader
 from cola_lightning.data.tokenizer import datamodule_tokenizer
+from cola_lightning.data.trajectories import AgentCorpus
 
 
 @dataclass
@@ -60,7 +61,8 @@ def pack(token_lists: list[list[int]], seq_len: int) -> torch.Tensor:
 
 
 class TextCorpusDataModule(L.LightningDataModule):
-    """Documents from local files, a `datasets` hub name, or the built-in arithmetic corpus.
+    """Documents from local files, a `datasets` hub name, the built-in arithmetic corpus, or the
+    gold trajectories of agent tasks.
 
     Each document is tokenised with the backbone's tokenizer, ends with EOS, and the documents are
     packed into fixed-length sequences. The train/val split is by document, from `split_seed`.
@@ -71,6 +73,7 @@ class TextCorpusDataModule(L.LightningDataModule):
         hub_split: the hub dataset's split.
         text_field: the text field of jsonl lines and hub rows.
         arithmetic: the built-in procedural corpus.
+        agent: gold trajectories of agent tasks (see `cola_lightning.data.trajectories`).
         seq_len: tokens per packed sequence.
         batch_size: sequences per batch (per device).
         val_fraction: fraction of documents held out for validation.
@@ -87,6 +90,7 @@ class TextCorpusDataModule(L.LightningDataModule):
         hub_split: str = "train",
         text_field: str = "text",
         arithmetic: ArithmeticCorpus | None = None,
+        agent: AgentCorpus | None = None,
         seq_len: int = 128,
         batch_size: int = 8,
         val_fraction: float = 0.05,
@@ -95,14 +99,14 @@ class TextCorpusDataModule(L.LightningDataModule):
         tokenizer: str | None = None,
     ) -> None:
         super().__init__()
-        sources = [files is not None, hub_dataset is not None, arithmetic is not None]
+        sources = [x is not None for x in (files, hub_dataset, arithmetic, agent)]
         if sum(sources) != 1:
-            raise ValueError("Give exactly one of `files`, `hub_dataset` and `arithmetic`.")
+            raise ValueError("Give exactly one of `files`, `hub_dataset`, `arithmetic`, `agent`.")
         if not 0 < val_fraction < 1:
             raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}.")
         self.save_hyperparameters()
         self.files, self.hub_dataset, self.hub_split = files, hub_dataset, hub_split
-        self.text_field, self.arithmetic = text_field, arithmetic
+        self.text_field, self.arithmetic, self.agent = text_field, arithmetic, agent
         self.seq_len, self.batch_size = seq_len, batch_size
         self.val_fraction, self.split_seed = val_fraction, split_seed
         self.num_workers, self.tokenizer_name = num_workers, tokenizer
@@ -112,6 +116,8 @@ class TextCorpusDataModule(L.LightningDataModule):
     def documents(self) -> list[str]:
         if self.arithmetic is not None:
             return self.arithmetic.documents()
+        if self.agent is not None:
+            return self.agent.documents()
         if self.hub_dataset is not None:
             try:
                 import datasets

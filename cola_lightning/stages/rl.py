@@ -186,6 +186,10 @@ class RLStage(CoLAStage):
         rewards, errors = self.reward([r["prompt"] for r in records], result.texts, records)
         return result, rewards.to(self.device), errors
 
+    def actions_of(self, result) -> ActionBatch:
+        """The rollouts' actions aligned with positions (the agent stages pass episodes)."""
+        return action_batch(result, self.latent, self.tokenizer.pad_token_id, self.device)
+
     def streams(self, prompts: list[str]) -> list[torch.Generator]:
         """One random stream per rollout, seeded by (seed, step, prompt, copy of the prompt).
 
@@ -215,9 +219,7 @@ class RLStage(CoLAStage):
         else:
             advantages = rl_maths.batch_advantages(rewards)
         rolled = time.perf_counter()
-        actions = self.with_states(
-            action_batch(result, self.latent, self.tokenizer.pad_token_id, self.device)
-        )
+        actions = self.with_states(self.actions_of(result))
         if self.rl.algorithm == "ppo_gae":
             advantages = self.gae_advantages(actions, rewards)
         stats = self.update(actions, advantages)
