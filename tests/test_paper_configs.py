@@ -171,6 +171,7 @@ def test_published_hyper_parameters(config):
     else:
         assert (stage.rl.algorithm, stage.rl.group_size) == ("grpo", 4)
         assert (optimizer.lr, stage.rl.kl_coef) == (5e-7, 1e-3)
+        assert (optimizer.weight_decay, tuple(optimizer.betas)) == (0.0, (0.9, 0.95))
 
 
 @pytest.mark.parametrize("name", sorted(BACKBONES))
