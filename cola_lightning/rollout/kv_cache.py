@@ -13,6 +13,8 @@ from __future__ import annotations
 from functools import partial
 
 import torch
+import torch.nn.functional as F
+from transformers import DynamicCache
 from transformers.cache_utils import Cache, DynamicLayer
 
 
@@ -84,3 +86,21 @@ class PreallocatedCache(Cache):
 
     def __init__(self, capacity: int) -> None:
         super().__init__(layer_class_to_replicate=partial(PreallocatedLayer, capacity))
+
+
+def left_padded_cache(rows: list[list[tuple[torch.Tensor, torch.Tensor]]], width: int) -> Cache:
+    """One batched cache from per-row caches of different lengths, left-padded to `width`.
+
+    Args:
+        rows: per row, per layer (keys, values), each (H, n_row, hd).
+        width: the batch's cache length (>= every n_row); the padding columns are zeros and
+            must be masked out, as the engine's left-padded prompts are.
+    """
+    layers = []
+    for layer in zip(*rows, strict=True):
+        keys, values = (
+            torch.stack([F.pad(t, (0, 0, width - t.shape[1], 0)) for t in part])
+            for part in zip(*layer, strict=True)
+        )
+        layers.append((keys, values))
+    return DynamicCache(ddp_cache_data=layers)
