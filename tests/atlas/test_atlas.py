@@ -1,6 +1,5 @@
 """The action atlas on the tiny model: counts, every code, KL, the HTML page and TensorBoard."""
 
-import itertools
 import json
 from html.parser import HTMLParser
 
@@ -109,12 +108,12 @@ def test_inject_form_kl_matches_one_teacher_forced_pass_per_code_and_step():
             hidden = model.hidden_states(ids)[0][:, :-1]
             idm = model.inverse_dynamics.code_logits(model.hidden_states(ids)[0]).argmax(-1)
             base = torch.log_softmax(model.token_logits(model.token_states(ids)[0])[0], -1)
-            for t, code in itertools.product(range(hidden.shape[1]), range(model.num_codes)):
-                codes = idm.clone()
-                codes[0, t] = code  # the text's own codes before t; later ones cannot matter
-                logits = model.world_model_logits(hidden[:, : t + 1], codes[:, : t + 1])
-                log_code = torch.log_softmax(logits[0, t], -1)
-                kl[code] += (log_code.exp() * (log_code - base[t])).sum()
+            for t in range(hidden.shape[1]):  # one full pass per code, the K as a batch
+                codes = idm[:, : t + 1].repeat(model.num_codes, 1)
+                codes[:, t] = torch.arange(model.num_codes)  # the text's own codes before t
+                states = hidden[:, : t + 1].expand(model.num_codes, -1, -1)
+                log_code = torch.log_softmax(model.world_model_logits(states, codes)[:, t], -1)
+                kl += (log_code.exp() * (log_code - base[t])).sum(-1)
     assert atlas.steps_scored == 16
     expected = (kl / atlas.steps_scored).tolist()
     assert [e.mean_kl for e in atlas.entries] == pytest.approx(expected, rel=1e-4, abs=1e-6)
