@@ -5,7 +5,8 @@ whole cache of every layer at every decode step: measured on the 2-core CPU with
 policy and the backbone (batch 8, 32 new tokens), those copies were about a fifth of a latent
 rollout. `PreallocatedCache` allocates (B, H, capacity, D) once per layer and writes each step in
 place; the layer's `keys` and `values` are views of the filled part, so every reader of a
-`DynamicCache` (attention, the search's forks) reads it unchanged.
+`DynamicCache` (attention, the search's forks) reads it unchanged. `left_padded_cache` batches
+per-row caches of different lengths (search nodes, the atlas's prefixes) in the prompts' layout.
 """
 
 from __future__ import annotations
