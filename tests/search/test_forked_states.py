@@ -73,12 +73,12 @@ def test_searches_run_on_the_inject_form(method):
     q_model = QModel(model.backbone.config, QModelConfig(layers=1), model.num_codes).eval()
     config = SearchConfig(
         method=method,
-        rounds=3,
+        rounds=2,
         depth=10,
         root_breadth=2,
         breadth=2,
-        greedy_extension=3,
-        simulation_tokens=6,
+        greedy_extension=2,
+        simulation_tokens=4,
         chunk_tokens=3,
         max_chunks=2,
         answer_tokens=6,
