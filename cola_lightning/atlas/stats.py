@@ -4,7 +4,10 @@ For every step t of every text (step t predicts token t + 1, `models/steps.py`):
 
 * the code the inverse dynamics model assigns the real transition, and the policy's argmax code;
 * for every code k at once (`CoLAModel.candidate_logits`): the world model's next-token
-  distribution p_k, and KL(p_k || p_base) against the backbone's own distribution there.
+  distribution p_k, and KL(p_k || p_base) against the backbone's own distribution there. In the
+  inject form the world model also reads the text before step t, with the inverse dynamics
+  model's codes (as the engine reads a prompt): every step's K candidates share that prefix's
+  world-model cache.
 
 Per code, the atlas keeps how often the IDM and the policy chose it, its mean KL, the tokens it
 makes most likely on average over contexts (and those it raises most above the backbone), and short
@@ -20,6 +23,7 @@ import torch
 from cola_lightning.models.cola import CoLAModel
 from cola_lightning.models.steps import at_steps
 from cola_lightning.rollout.engine import GenerationConfig, Generator
+from cola_lightning.rollout.kv_cache import left_padded_cache
 from cola_lightning.rollout.sampling import Sampler
 from cola_lightning.stages.losses import target_mask
 
@@ -69,17 +73,53 @@ class _Accumulator:
         self.base = torch.zeros(vocab, dtype=torch.float64, device=device)
         self.seen = self.scored = 0
 
-    def score(self, model: CoLAModel, states: torch.Tensor) -> None:
-        """Adds every code's distribution at states (N, d), all K candidates in one pass."""
+    def score(self, model: CoLAModel, texts: _Texts, steps: torch.Tensor) -> None:
+        """Adds every code's distribution at `steps` (N, 2) = (text, t), all K in one pass."""
         num_codes = self.idm.shape[0]
+        row, t = steps.unbind(-1)
+        states = texts.hidden[row, t]
         codes = torch.arange(num_codes, device=states.device).expand(states.shape[0], -1)
-        log_code = torch.log_softmax(model.candidate_logits(states[:, None], codes).float(), -1)
-        log_base = torch.log_softmax(model.base_logits(states).float(), -1)
+        prefix, mask = texts.prefix(row, t)
+        logits = model.candidate_logits(states[:, None], codes, prefix, mask)
+        log_code = torch.log_softmax(logits.float(), -1)
+        log_base = torch.log_softmax(model.token_logits(texts.base[row, t]).float(), -1)
         code_prob = log_code.exp()
         self.kl += (code_prob * (log_code - log_base[:, None])).sum(-1).sum(0).double()
         self.prob += code_prob.sum(0).double()
         self.base += log_base.exp().sum(0).double()
         self.scored += states.shape[0]
+
+
+class _Texts:
+    """One batch of (right-padded) texts as the scoring reads it.
+
+    `hidden`: the states the latent parts read; `base`: the plain LM's final-normed states (the
+    same tensor in the merge form); `cache` (inject form; None in the merge form): the world
+    model's cache over every position but the last, each with its inverse dynamics code.
+    """
+
+    def __init__(self, model: CoLAModel, batch: dict, hidden: torch.Tensor, idm: torch.Tensor):
+        self.hidden, self.base, self.cache = hidden, hidden, None
+        if model.inject_layer is not None:
+            mask = batch["attention_mask"]
+            self.base = model.token_states(batch["input_ids"], mask)[0]
+            self.cache = model.world_model_cache()
+            model.prefill_world_model(at_steps(hidden), idm, at_steps(mask), None, self.cache)
+
+    def prefix(self, row: torch.Tensor, t: torch.Tensor) -> tuple:
+        """The world-model cache over positions < t of each text `row`, left-padded, and its
+        attention mask over the prefix and the candidate's own position; (None, None) if merge.
+        """
+        if self.cache is None:
+            return None, None
+        layers = self.cache.layers
+        rows = [
+            [(layer.keys[r, :, :n], layer.values[r, :, :n]) for layer in layers]
+            for r, n in zip(row.tolist(), t.tolist(), strict=True)
+        ]
+        width = int(t.max())
+        mask = torch.arange(width + 1, device=t.device) >= (width - t)[:, None]
+        return left_padded_cache(rows, width), mask.long()
 
 
 @torch.inference_mode()
@@ -113,7 +153,6 @@ def build_atlas(
     """
     if not texts:
         raise ValueError("The atlas needs at least one text.")
-    model.require_merge_form("The action atlas")
     device = next(model.parameters()).device
     num_codes = model.num_codes
     vocab = model.backbone.lm_head.out_features
@@ -127,9 +166,11 @@ def build_atlas(
         totals.idm += torch.bincount(idm[valid], minlength=num_codes)
         totals.policy += torch.bincount(policy[valid], minlength=num_codes)
         totals.seen += int(valid.sum())
-        states = at_steps(hidden)[valid][: max(max_scored_steps - totals.scored, 0)]
-        for chunk in states.split(score_chunk):
-            totals.score(model, chunk)
+        steps = valid.nonzero()[: max(max_scored_steps - totals.scored, 0)]
+        if len(steps):
+            scored = _Texts(model, batch, hidden, idm)
+            for chunk in steps.split(score_chunk):
+                totals.score(model, scored, chunk)
     if totals.scored == 0:
         raise ValueError("The texts have no steps to score: give texts of two tokens or more.")
     prefixes = prefixes or [

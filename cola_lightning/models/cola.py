@@ -92,16 +92,6 @@ class CoLAModel(nn.Module):
         """L in the inject form (the states are those entering layer L), None in merge form."""
         return self.config.world_model.layer if self.config.world_model.inject else None
 
-    def require_merge_form(self, feature: str) -> None:
-        """Fails clearly where `feature` reads position-wise states that only the merge form has."""
-        if self.inject_layer is not None:
-            raise NotImplementedError(
-                f"{feature} supports the merge-form world model only; this model injects its codes "
-                f"at layer {self.inject_layer} (world_model.form 'inject'), whose world model "
-                "needs a KV cache over each prefix. Use a merge-form model (world_model.form "
-                "'merge'), or the generation engine, which supports both forms."
-            )
-
     def hidden_states(
         self,
         input_ids: torch.Tensor,

@@ -5,7 +5,8 @@ whole cache of every layer at every decode step: measured on the 2-core CPU with
 policy and the backbone (batch 8, 32 new tokens), those copies were about a fifth of a latent
 rollout. `PreallocatedCache` allocates (B, H, capacity, D) once per layer and writes each step in
 place; the layer's `keys` and `values` are views of the filled part, so every reader of a
-`DynamicCache` (attention, the search's forks) reads it unchanged.
+`DynamicCache` (attention, the search's forks) reads it unchanged. `left_padded_cache` batches
+per-row caches of different lengths (search nodes, the atlas's prefixes) in the prompts' layout.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from __future__ import annotations
 from functools import partial
 
 import torch
+import torch.nn.functional as F
+from transformers import DynamicCache
 from transformers.cache_utils import Cache, DynamicLayer
 
 
@@ -84,3 +87,21 @@ class PreallocatedCache(Cache):
 
     def __init__(self, capacity: int) -> None:
         super().__init__(layer_class_to_replicate=partial(PreallocatedLayer, capacity))
+
+
+def left_padded_cache(rows: list[list[tuple[torch.Tensor, torch.Tensor]]], width: int) -> Cache:
+    """One batched cache from per-row caches of different lengths, left-padded to `width`.
+
+    Args:
+        rows: per row, per layer (keys, values), each (H, n_row, hd).
+        width: the batch's cache length (>= every n_row); the padding columns are zeros and
+            must be masked out, as the engine's left-padded prompts are.
+    """
+    layers = []
+    for layer in zip(*rows, strict=True):
+        keys, values = (
+            torch.stack([F.pad(t, (0, 0, width - t.shape[1], 0)) for t in part])
+            for part in zip(*layer, strict=True)
+        )
+        layers.append((keys, values))
+    return DynamicCache(ddp_cache_data=layers)

@@ -1,10 +1,13 @@
 """Generation states that a search tree can fork, and the batched decoding that continues them.
 
 A node's caches are stored as a chain of segments, one per edge from the root: each segment holds
-only the key/value rows its own edge computed (backbone, policy and Q-model caches). A child's
-chain is its parent's chain plus one segment, so forking copies nothing and recomputes nothing;
-continuing a batch of nodes concatenates each chain into one left-padded cache, exactly the layout
-the engine's own prompts have. `TreeDecoder.cost` counts every backbone position computed.
+only the key/value rows its own edge computed (backbone, policy, Q-model and, in the inject form,
+world-model caches). A child's chain is its parent's chain plus one segment, so forking copies
+nothing and recomputes nothing; continuing a batch of nodes concatenates each chain into one
+left-padded cache, exactly the layout the engine's own prompts have. The world model's cache is
+filled as the engine's is: the prompt's positions with the inverse dynamics model's codes, each
+generated position with the code chosen for it. `TreeDecoder.cost` counts every backbone position
+computed.
 """
 
 from __future__ import annotations
@@ -15,15 +18,22 @@ import torch
 from transformers import DynamicCache
 
 from cola_lightning.models.cola import CoLAModel
-from cola_lightning.rollout.engine import GenerationConfig, _DecodeState, left_pad
+from cola_lightning.rollout.engine import GenerationConfig, _DecodeState, left_pad, prefill_prompt
+from cola_lightning.rollout.kv_cache import left_padded_cache
 from cola_lightning.rollout.sampling import Sampler
 
-CACHES = ("backbone", "policy", "q")
+CACHES = ("backbone", "policy", "q", "world_model")
+# The world model's cache (inject form) lags the others by one position: a position enters it with
+# its code, and the last token's code is chosen only when the next token is.
+LAG = {"world_model": 1}
 
 
 @dataclass
 class Segment:
-    """The cache rows one edge added: cache name -> per layer (keys, values), each (H, n, hd)."""
+    """The cache rows one edge added: cache name -> per layer (keys, values), each (H, n, hd).
+
+    `length` counts the backbone's rows; the world model's root segment has one row fewer (`LAG`).
+    """
 
     kv: dict[str, list[tuple[torch.Tensor, torch.Tensor]]]
     length: int
@@ -99,9 +109,10 @@ class _ForcedChoice(Sampler):
 class _ForkableState(_DecodeState):
     """The engine's decode state, started from node states, with a Q-model cache beside.
 
-    It reuses the engine's `advance` and `feed_last_token` and adds: per-row snapshots of the
-    state after each row's last real token (rows stop at different steps), the Q-model's cache,
-    and the count of backbone positions computed.
+    It reuses the engine's `advance` (which extends the world model's cache, inject form) and
+    `feed_last_token`, and adds: per-row snapshots of the state after each row's last real token
+    (rows stop at different steps), the Q-model's cache, and the count of backbone positions
+    computed.
     """
 
     def __init__(self, decoder: TreeDecoder, nodes: list[NodeState], config, latent, generator):
@@ -115,10 +126,9 @@ class _ForkableState(_DecodeState):
         for row, n in enumerate(lengths):
             self.mask[row, width - n :] = 1
         self.positions = torch.tensor(lengths, device=device)[:, None] - 1
-        caches = {name: _batched_cache(nodes, name, width) for name in CACHES}
-        self.backbone_cache, self.policy_cache, self.q_cache = (caches[n] for n in CACHES)
+        caches = [_batched_cache(nodes, name, width - LAG.get(name, 0)) for name in CACHES]
+        self.backbone_cache, self.policy_cache, self.q_cache, self.world_model_cache = caches
         self.hidden = torch.stack([n.hidden for n in nodes])[:, None]
-        self.world_model_cache = None  # the merge form's world model has no cache
         if latent:
             self.policy_last = torch.stack([n.policy_last for n in nodes])
         self.q_last = torch.stack([n.q_last for n in nodes]) if self.q_model else None
@@ -163,39 +173,48 @@ class _ForkableState(_DecodeState):
             self.snapshot["q_last"][live] = self.q_last[live]
 
     def segment(self, row: int, start: int, length: int) -> Segment:
-        """Row `row`'s cache columns [start, start + length) as a segment (copied out)."""
+        """Row `row`'s cache columns [start, start + length) as a segment (copied out).
+
+        `start` is the backbone's column; each cache's own columns are `LAG` to its left.
+        """
+        caches = (self.backbone_cache, self.policy_cache, self.q_cache, self.world_model_cache)
         kv = {}
-        for name, cache in zip(
-            CACHES, (self.backbone_cache, self.policy_cache, self.q_cache), strict=True
-        ):
-            if cache is None:
-                continue
-            kv[name] = [
-                (
-                    layer.keys[row, :, start : start + length].clone(),
-                    layer.values[row, :, start : start + length].clone(),
-                )
-                for layer in cache.layers
-            ]
+        for name, cache in zip(CACHES, caches, strict=True):
+            if cache is not None:
+                begin = start - LAG.get(name, 0)
+                kv[name] = _row_kv(cache, row, begin, begin + length)
         return Segment(kv, length)
+
+
+def _row_kv(cache: DynamicCache, row: int, start: int, stop: int | None) -> list[tuple]:
+    """Row `row`'s columns [start, stop) of every layer, copied out: (keys, values) (H, n, hd)."""
+    return [
+        (layer.keys[row, :, start:stop].clone(), layer.values[row, :, start:stop].clone())
+        for layer in cache.layers
+    ]
+
+
+def _empty_kv(model: CoLAModel, like: torch.Tensor) -> list[tuple]:
+    """Zero-length (keys, values) for each world-model layer: the cache of a one-token prompt."""
+    config = model.world_model.config
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    empty = like.new_zeros(config.num_key_value_heads, 0, head_dim)
+    return [(empty, empty)] * config.num_hidden_layers
+
+
+def _chain_kv(node: NodeState, name: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The node's whole `name` cache, per layer (keys, values): its segments concatenated."""
+    per_layer = zip(*(segment.kv[name] for segment in node.chain), strict=True)
+    return [
+        tuple(torch.cat(parts, dim=1) for parts in zip(*layer, strict=True)) for layer in per_layer
+    ]
 
 
 def _batched_cache(nodes: list[NodeState], name: str, width: int) -> DynamicCache | None:
     """One left-padded cache from each node's chain of segments (None if nodes have none)."""
     if name not in nodes[0].chain[0].kv:
         return None
-    num_layers = len(nodes[0].chain[0].kv[name])
-    layers = []
-    for layer in range(num_layers):
-        keys, values = [], []
-        for node in nodes:
-            k = torch.cat([s.kv[name][layer][0] for s in node.chain], dim=1)
-            v = torch.cat([s.kv[name][layer][1] for s in node.chain], dim=1)
-            pad = width - k.shape[1]
-            keys.append(torch.nn.functional.pad(k, (0, 0, pad, 0)))
-            values.append(torch.nn.functional.pad(v, (0, 0, pad, 0)))
-        layers.append((torch.stack(keys), torch.stack(values)))
-    return DynamicCache(ddp_cache_data=layers)
+    return left_padded_cache([_chain_kv(node, name) for node in nodes], width)
 
 
 @dataclass
@@ -217,9 +236,6 @@ class TreeDecoder:
     stop_at_eos: bool = True
     cost: SearchCost = field(default_factory=SearchCost)
 
-    def __post_init__(self) -> None:
-        self.model.require_merge_form("Search")
-
     def config(self, code: Sampler, token: Sampler) -> GenerationConfig:
         return GenerationConfig(
             code=code, token=token, stop_strings=self.stop_strings, stop_at_eos=self.stop_at_eos
@@ -227,11 +243,17 @@ class TreeDecoder:
 
     @torch.inference_mode()
     def roots(self, prompt_ids: list[list[int]], latent: bool = True) -> list[NodeState]:
-        """Prefills each prompt once: the root states."""
+        """Prefills each prompt once: the root states.
+
+        Latent roots hold the states the latent parts read (the layer-L states in the inject
+        form) and, in the inject form, the world model's cache over the prompt; token-level
+        roots hold the plain LM's final-normed states.
+        """
         device = next(self.model.parameters()).device
         ids, mask = (t.to(device) for t in left_pad(prompt_ids, self.tokenizer.pad_token_id))
         positions = (mask.cumsum(-1) - 1).clamp_min(0)
-        hidden, backbone = self.model.hidden_states(ids, mask, positions, use_cache=True)
+        states = self.model.hidden_states if latent else self.model.token_states
+        hidden, backbone = states(ids, mask, positions, use_cache=True)
         self.cost.backbone_tokens += int(mask.sum())
         caches = {"backbone": backbone}
         policy = q = None
@@ -239,17 +261,21 @@ class TreeDecoder:
             policy, caches["policy"] = self.model.policy_logits(
                 hidden, mask, positions, use_cache=True
             )
+            world_model = prefill_prompt(self.model, hidden, mask, positions)
+            if world_model is not None:
+                caches["world_model"] = world_model
         if self.q_model is not None:
             q, caches["q"] = self.q_model(hidden, mask, positions, use_cache=True)
         width = ids.shape[1]
         nodes = []
         for row, prompt in enumerate(prompt_ids):
             start = width - len(prompt)
+            # Every cache is left-padded alike (the world model's just ends a column earlier);
+            # prompts of one token leave the world model's cache empty (no layer filled).
             kv = {
-                name: [
-                    (layer.keys[row, :, start:].clone(), layer.values[row, :, start:].clone())
-                    for layer in cache.layers
-                ]
+                name: _row_kv(cache, row, start, None)
+                if cache.get_seq_length()
+                else _empty_kv(self.model, hidden)
                 for name, cache in caches.items()
             }
             nodes.append(
@@ -337,9 +363,13 @@ class TreeDecoder:
 
     @torch.inference_mode()
     def candidate_tokens(self, node: NodeState, codes: list[int]) -> list[int]:
-        """The greedy token of each candidate code at a node, in one batched world-model pass."""
+        """The greedy token of each candidate code at a node, in one batched world-model pass.
+
+        In the inject form every candidate reads the node's world-model cache as a shared prefix.
+        """
         codes_t = torch.tensor([codes], device=node.hidden.device)
-        logits = self.model.candidate_logits(node.hidden[None, None], codes_t)[0]
+        prefix = _batched_cache([node], "world_model", node.length - LAG["world_model"])
+        logits = self.model.candidate_logits(node.hidden[None, None], codes_t, prefix)[0]
         self.cost.world_model_evals += len(codes)
         return logits.argmax(-1).tolist()
 

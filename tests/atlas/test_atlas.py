@@ -10,7 +10,9 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from cola_lightning.atlas.__main__ import main
 from cola_lightning.atlas.stats import build_atlas
 from cola_lightning.checkpoints.export import load_cola
+from cola_lightning.models.tokenizer import byte_tokenizer
 from cola_lightning.stages.losses import target_mask
+from tests.models.inject_models import inject_model
 
 TEXTS = ["Tom has 3 apples and buys 4 more.", "7 times 6 is 42.", "Hello there, friend!", "ab"]
 
@@ -92,3 +94,27 @@ def test_cli_writes_html_json_and_tensorboard(stage_one_b_checkpoint, tmp_path):
     assert "codebook" in projector
     vectors = next(out.glob("*/codebook/tensors.tsv")).read_text().strip().splitlines()
     assert len(vectors) == num_codes and len(vectors[0].split("\t")) == 32
+
+
+def test_inject_form_kl_matches_one_teacher_forced_pass_per_code_and_step():
+    """Each step's K candidates read the text before it with the IDM's codes, as one full pass."""
+    model, tokenizer = inject_model(), byte_tokenizer()
+    texts = [TEXTS[1], TEXTS[3]]  # ragged: 15 steps and 1
+    atlas = build_atlas(model, tokenizer, texts, score_chunk=5, continuation_tokens=2)
+    kl = torch.zeros(model.num_codes)
+    with torch.no_grad():
+        for text in texts:
+            ids = torch.tensor([tokenizer(text, add_special_tokens=False).input_ids])
+            hidden = model.hidden_states(ids)[0][:, :-1]
+            idm = model.inverse_dynamics.code_logits(model.hidden_states(ids)[0]).argmax(-1)
+            base = torch.log_softmax(model.token_logits(model.token_states(ids)[0])[0], -1)
+            for t in range(hidden.shape[1]):  # one full pass per code, the K as a batch
+                codes = idm[:, : t + 1].repeat(model.num_codes, 1)
+                codes[:, t] = torch.arange(model.num_codes)  # the text's own codes before t
+                states = hidden[:, : t + 1].expand(model.num_codes, -1, -1)
+                log_code = torch.log_softmax(model.world_model_logits(states, codes)[:, t], -1)
+                kl += (log_code.exp() * (log_code - base[t])).sum(-1)
+    assert atlas.steps_scored == 16
+    expected = (kl / atlas.steps_scored).tolist()
+    assert [e.mean_kl for e in atlas.entries] == pytest.approx(expected, rel=1e-4, abs=1e-6)
+    assert all(len(e.continuations) == 2 for e in atlas.entries)

@@ -1,12 +1,9 @@
-"""The inject form around the model: exports keep it, and merge-only features refuse it clearly."""
+"""The inject form around the model: exports keep it."""
 
-import pytest
 import torch
 
-from cola_lightning.atlas.stats import build_atlas
 from cola_lightning.checkpoints.export import export_cola, load_cola_export
 from cola_lightning.models.tokenizer import byte_tokenizer
-from cola_lightning.search.state import TreeDecoder
 from tests.models.inject_models import inject_model
 
 
@@ -22,11 +19,3 @@ def test_export_round_trip_keeps_the_inject_form(tmp_path):
     torch.testing.assert_close(
         loaded.world_model_logits(loaded.hidden_states(ids)[0], codes), expected
     )
-
-
-def test_search_and_atlas_refuse_the_inject_form_clearly():
-    model = inject_model()
-    with pytest.raises(NotImplementedError, match=r"Search supports the merge-form .* layer 1"):
-        TreeDecoder(model, byte_tokenizer())
-    with pytest.raises(NotImplementedError, match="The action atlas supports the merge-form"):
-        build_atlas(model, byte_tokenizer(), ["Mia has 3 apples."])
