@@ -142,7 +142,7 @@ class Generator:
         with eval_mode(self.model):
             for prompt, reference in zip(self.encode(prompts), references, strict=True):
                 continuation = self.tokenizer(reference, add_special_tokens=False).input_ids
-                ids = torch.tensor([prompt + continuation], device=self._device())
+                ids = torch.tensor([prompt + continuation], device=self.device)
                 hidden, _ = self.model.hidden_states(ids)
                 codes = self.model.inverse_dynamics.code_logits(hidden).argmax(-1)[0]
                 # step t (predicting token t+1) for the steps that produce the continuation
@@ -186,12 +186,13 @@ class Generator:
                 state.feed_last_token()
         return state.rollout()
 
-    def _device(self) -> torch.device:
+    @property
+    def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
     def _forced_codes(self, codes, batch: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """Forced codes as (B, N) padded with their last code, and each row's length (or None)."""
-        device = self._device()
+        device = self.device
         if codes is None:
             return None, None
         if isinstance(codes, int):
@@ -244,7 +245,7 @@ class _DecodeState:
     ) -> None:
         self.model, self.config, self.generator = owner.model, owner.config, generator
         self.tokenizer, self.latent, self.prompt_ids = owner.tokenizer, latent, prompt_ids
-        device = owner._device()
+        device = owner.device
         ids, self.mask = (t.to(device) for t in left_pad(prompt_ids, self.tokenizer.pad_token_id))
         self.positions = position_ids(self.mask)
         self._prefill(ids, shared_prompt_rows(prompt_ids, device))

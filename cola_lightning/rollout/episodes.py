@@ -8,7 +8,9 @@ An episode's context is a list of token ids that only grows (nothing is ever re-
 
 Every turn calls `Generator.generate` once on the contexts of all running episodes (batched
 across episodes, in latent or token mode). The engine's KV cache lives for one call, so each turn
-prefills its context again: a prefill per turn, for an engine that stays as it is.
+prefills its context again: a prefill per turn, for an engine that stays as it is. Sharded
+(FSDP2), every forward is a collective, so every rank takes the same number of turns: a rank whose
+episodes are over takes discarded one-token turns until every rank's are.
 
 The rules:
 
@@ -36,7 +38,7 @@ from dataclasses import dataclass, field
 import torch
 
 from cola_lightning.envs.base import Environment, Observation, make_environment
-from cola_lightning.rollout.engine import GenerationConfig, Generator, Rollout
+from cola_lightning.rollout.engine import GenerationConfig, Generator, Rollout, all_ranks_done
 from cola_lightning.rollout.rl_maths import ActionBatch, left_pad, position_ids
 
 DEFAULT_INSTRUCTION = "Act in the world to reach the goal. Write one action per line after '> '.\n"
@@ -255,11 +257,12 @@ def run_episodes(
             for env, r in zip(environments, records, strict=True)
         ]
         running = [i for i, e in enumerate(episodes) if not fits_or_ends(e, engine, config)]
-        while running:
+        while not all_ranks_done(torch.tensor([not running], device=engine.device), engine.sharded):
+            contexts = [episodes[i].token_ids for i in running] or [episodes[0].token_ids[:1]]
             result = engine.generate(
-                [episodes[i].token_ids for i in running],
+                contexts,
                 mode,
-                generator=None if streams is None else [streams[i] for i in running],
+                generator=None if streams is None or not running else [streams[i] for i in running],
             )
             for row, i in enumerate(running):
                 take_turn(episodes[i], environments[i], result, row, engine, config)

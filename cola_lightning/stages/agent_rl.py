@@ -7,8 +7,8 @@ episodes with the action mask on the model's own tokens: observation tokens take
 no log-probability and get no gradient. Training batches are episode records from
 `AgentTaskDataModule`; validation runs greedy episodes on its seen and unseen tasks and logs
 ``agent/{success,score,steps,invalid_actions,truncated_actions}/{seen,unseen}`` (and ``/train``
-for the sampled training episodes). Episodes end at different turns, so ranks would leave the
-turn loop at different times: these stages run unsharded (one process, or DDP-style replicas).
+for the sampled training episodes). Under `ModelParallelStrategy` each rank runs its own
+episodes and the ranks leave the turn loop together (`rollout/episodes.py`).
 """
 
 from __future__ import annotations

@@ -20,6 +20,7 @@ from tests.conftest import REPO, TINY, run_cli
 
 STEPS = 3
 TAGS = ("rl/policy_loss", "rl/kl", "rl/response_tokens", "timing/rollout_s", "timing/update_s")
+AGENT_TAGS = ("agent/steps/train",)
 
 
 class WriteRankStats(L.Callback):
@@ -27,7 +28,8 @@ class WriteRankStats(L.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         metrics = trainer.callback_metrics
-        row = {"step": trainer.global_step, **{t: float(metrics[t]) for t in TAGS}}
+        tags = [t for t in (*TAGS, *AGENT_TAGS) if t in metrics]
+        row = {"step": trainer.global_step, **{t: float(metrics[t]) for t in tags}}
         with open(f"rank_stats_{trainer.global_rank}.jsonl", "a") as file:
             file.write(json.dumps(row) + "\n")
 
@@ -61,6 +63,12 @@ def write_config(tmp_path, base: str, name: str, devices: int) -> str:
             "val_size": 1,
         },
     }
+    set_trainer(config, devices)
+    return save_config(tmp_path, config, name)
+
+
+def set_trainer(config: dict, devices: int) -> None:
+    """STEPS steps on `devices` CPU processes (FSDP2 when more than one), each writing its stats."""
     trainer = config["trainer"]
     trainer.update(
         accelerator="cpu",
@@ -81,11 +89,31 @@ def write_config(tmp_path, base: str, name: str, devices: int) -> str:
         }
     else:
         trainer.pop("strategy", None)
+
+
+def save_config(tmp_path, config: dict, name: str) -> str:
     path = tmp_path / name / "config.yaml"
     path.parent.mkdir()
     (path.parent / "tiny").symlink_to(tmp_path / "tiny")
     path.write_text(yaml.safe_dump(config))
     return str(path)
+
+
+def write_agent_config(tmp_path, name: str, devices: int) -> str:
+    """The test agent RL config on the saved tiny backbone; 2 episodes a step in all."""
+    config = yaml.safe_load((REPO / "configs/test/agent_latent_rl.yaml").read_text())
+    args = config["model"]["init_args"]
+    args.update(
+        backbone={"source": "tiny", "tokenizer": "bytes"},
+        rl={"algorithm": "grpo", "group_size": 2, "kl_coef": 0.1},
+        rewards=[{"name": "tests.stages.test_agent_rl:distinct_bytes"}],
+        optimizer={"lr": 1e-2, "min_lr": 1e-2, "warmup_steps": 0},
+    )
+    args["generation"]["stop_strings"] = list("0123456789 abcdefghijklmnop")
+    args["episodes"]["max_context_tokens"] = 235  # episodes end after 1 to 3 turns: uneven per rank
+    config["data"]["init_args"]["batch_size"] = 2 // devices
+    set_trainer(config, devices)
+    return save_config(tmp_path, config, name)
 
 
 def rank_stats(folder, rank: int) -> list[dict]:
@@ -127,3 +155,21 @@ def test_two_ranks_follow_one_process_with_uneven_rollouts(tiny_dir, base):
         for tag, rel in (("rl/policy_loss", 1e-4), ("rl/response_tokens", 1e-6), ("rl/kl", 5e-3)):
             assert (a[tag] + b[tag]) / 2 == pytest.approx(one[tag], rel=rel, abs=1e-6), tag
     assert any(step["rl/kl"] > 0 for step in single[1:])  # the policy moved from the reference
+
+
+def test_agent_episodes_on_two_ranks_follow_one_process(tiny_dir):
+    """Episodes end at different turns on the two ranks; the ranks still take turns together."""
+    runs = {}
+    for name, devices in (("agent_single", 1), ("agent_sharded", 2)):
+        config = write_agent_config(tiny_dir, name, devices)
+        result = run_cli(["fit", "--config", config], tiny_dir / name)
+        assert result.returncode == 0, result.stderr[-3000:]
+        runs[devices] = [rank_stats(tiny_dir / name, r) for r in range(devices)]
+    (single,), (rank0, rank1) = runs[1], runs[2]
+    assert len(single) == len(rank0) == len(rank1) == STEPS
+    steps = "agent/steps/train"
+    turns = [(a[steps], b[steps]) for a, b in zip(rank0, rank1, strict=True)]
+    assert any(a != b for a, b in turns), turns
+    for one, a, b in zip(single, rank0, rank1, strict=True):
+        for tag, rel in (("rl/policy_loss", 1e-4), ("rl/response_tokens", 1e-6), ("rl/kl", 5e-3)):
+            assert (a[tag] + b[tag]) / 2 == pytest.approx(one[tag], rel=rel, abs=1e-6), tag
