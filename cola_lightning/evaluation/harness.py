@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import torch
 from lm_eval.api.model import LM
+from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 
 from cola_lightning.checkpoints.export import load_cola
-from cola_lightning.evaluation.likelihood import continuation_logprobs
+from cola_lightning.evaluation.likelihood import continuation_logprobs, token_logprobs
 from cola_lightning.rollout.engine import MODES, GenerationConfig, Generator
 from cola_lightning.rollout.sampling import Sampler
 
@@ -32,6 +33,8 @@ class CoLALM(LM):
         max_new_tokens: default generation length when a task's ``max_gen_toks`` is absent.
         device: where the model runs (lm-eval passes its ``--device``); default CPU.
         seed: seed of code sampling in latent generation.
+        max_length: most tokens one forward pass reads (default: the backbone's
+            `max_position_embeddings`); longer documents are scored in rolling windows.
     """
 
     def __init__(
@@ -42,6 +45,7 @@ class CoLALM(LM):
         max_new_tokens: int = 256,
         device: str | None = None,
         seed: int = 0,
+        max_length: int | None = None,
         **unused,
     ) -> None:
         super().__init__()
@@ -52,19 +56,32 @@ class CoLALM(LM):
         self.mode, self.max_new_tokens = mode, int(max_new_tokens)
         self.batch_size = 8 if str(batch_size).startswith("auto") else int(batch_size)
         self.generator = torch.Generator(device or "cpu").manual_seed(int(seed))
+        default_length = self.model.backbone.config.max_position_embeddings
+        self.max_length = int(max_length or default_length)
 
     def loglikelihood(self, requests) -> list[tuple[float, bool]]:
         pairs = [tuple(request.args) for request in requests]
         return continuation_logprobs(self.model, self.tokenizer, pairs, self.mode, self.batch_size)
 
     def loglikelihood_rolling(self, requests) -> list[float]:
-        """Whole-text log-likelihoods, conditioned on EOS (documents longer than the model's
-        context are not chunked: the tiny and quickstart models read what they are given)."""
-        pairs = [("", request.args[0]) for request in requests]
-        scores = continuation_logprobs(
-            self.model, self.tokenizer, pairs, self.mode, self.batch_size
+        """Whole-text log-likelihoods, conditioned on EOS, every token scored once: a document
+        longer than `max_length` is read in disjoint windows of `max_length` tokens, each after
+        as much of the text before it as fits (lm-eval's rolling windows)."""
+        eos = self.tokenizer.eos_token_id
+        windows, owners = [], []
+        for index, request in enumerate(requests):
+            ids = self.tokenizer(request.args[0], add_special_tokens=False).input_ids
+            rolling = get_rolling_token_windows(ids, eos, self.max_length, context_len=1)
+            for window in map(make_disjoint_window, rolling):
+                windows.append(window)
+                owners.append(index)
+        scores = token_logprobs(
+            self.model, windows, self.tokenizer.pad_token_id, self.mode, self.batch_size
         )
-        return [logprob for logprob, _ in scores]
+        totals = [0.0] * len(requests)
+        for owner, (logprob, _) in zip(owners, scores, strict=True):
+            totals[owner] += logprob
+        return totals
 
     def generate_until(self, requests) -> list[str]:
         outputs = []

@@ -25,7 +25,6 @@ def step_logits(model: CoLAModel, ids: torch.Tensor, mask: torch.Tensor, mode: s
     return model.world_model_logits(at_steps(hidden), codes)
 
 
-@torch.inference_mode()
 def continuation_logprobs(
     model: CoLAModel,
     tokenizer,
@@ -38,15 +37,27 @@ def continuation_logprobs(
     Context and continuation are tokenised apart, so the continuation's tokens are exactly its
     own; an empty context is replaced by the EOS token, so the first token has a state to read.
     """
+    rows = [_encode(tokenizer, context, continuation) for context, continuation in pairs]
+    return token_logprobs(model, rows, tokenizer.pad_token_id, mode, batch_size)
+
+
+@torch.inference_mode()
+def token_logprobs(
+    model: CoLAModel,
+    rows: list[tuple[list[int], list[int]]],
+    pad_id: int,
+    mode: str = "latent",
+    batch_size: int = 8,
+) -> list[tuple[float, bool]]:
+    """`continuation_logprobs` on token ids: (context, continuation) rows, contexts non-empty."""
     results = []
     device = next(model.parameters()).device
-    for start in range(0, len(pairs), batch_size):
-        chunk = pairs[start : start + batch_size]
-        rows = [_encode(tokenizer, context, continuation) for context, continuation in chunk]
-        width = max(len(c) + len(t) for c, t in rows)
-        ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start : start + batch_size]
+        width = max(len(c) + len(t) for c, t in chunk)
+        ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
         mask = torch.zeros_like(ids)
-        for row, (context, continuation) in enumerate(rows):
+        for row, (context, continuation) in enumerate(chunk):
             sequence = context + continuation
             ids[row, : len(sequence)] = torch.tensor(sequence)
             mask[row, : len(sequence)] = 1
@@ -55,7 +66,7 @@ def continuation_logprobs(
         targets = at_next(ids)
         chosen = logprobs.gather(-1, targets[..., None])[..., 0]
         greedy = logprobs.argmax(-1) == targets
-        for row, (context, continuation) in enumerate(rows):
+        for row, (context, continuation) in enumerate(chunk):
             # step t predicts token t + 1: the continuation's steps start at the context's last
             steps = slice(len(context) - 1, len(context) + len(continuation) - 1)
             results.append((float(chosen[row, steps].sum()), bool(greedy[row, steps].all())))

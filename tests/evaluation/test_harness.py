@@ -2,6 +2,7 @@
 
 import json
 import shutil
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -61,3 +62,35 @@ def test_lm_eval_cli_scores_like_a_direct_forward(stage_one_b_checkpoint, tmp_pa
         assert got == pytest.approx(want, abs=1e-4)
     for sample in samples[GENERATION_TASK]:
         assert isinstance(sample["resps"][0][0], str)
+
+
+def test_rolling_loglikelihood_reads_long_documents_in_windows(stage_one_b_checkpoint):
+    from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
+
+    from cola_lightning.evaluation.harness import CoLALM
+    from cola_lightning.evaluation.likelihood import continuation_logprobs
+
+    text = "Mia has 3 apples and buys 4 more, so she has 7 apples."
+    request = SimpleNamespace(args=(text,))
+    whole = CoLALM(str(stage_one_b_checkpoint[0]), mode="latent")
+    model, tokenizer = whole.model, whole.tokenizer
+    (unchunked,) = continuation_logprobs(model, tokenizer, [("", text)], "latent")
+    assert whole.loglikelihood_rolling([request]) == pytest.approx([unchunked[0]], abs=1e-5)
+    chunked = CoLALM(str(stage_one_b_checkpoint[0]), mode="latent", max_length=16)
+    ids = tokenizer(text, add_special_tokens=False).input_ids
+    rolling = get_rolling_token_windows(ids, tokenizer.eos_token_id, 16, 1)
+    windows = list(map(make_disjoint_window, rolling))
+    assert len(windows) > 3 and sum(len(cont) for _, cont in windows) == len(ids)
+    expected = 0.0
+    for context, continuation in windows:
+        sequence = torch.tensor([context + continuation])
+        with torch.no_grad():
+            hidden, _ = model.hidden_states(sequence)
+            codes = model.policy_logits(hidden)[0].argmax(-1)
+            logprobs = torch.log_softmax(model.world_model_logits(hidden, codes)[0].float(), -1)
+        expected += sum(
+            float(logprobs[len(context) - 1 + i, token]) for i, token in enumerate(continuation)
+        )
+    (got,) = chunked.loglikelihood_rolling([request])
+    assert got == pytest.approx(expected, abs=1e-4)
+    assert got != pytest.approx(unchunked[0], abs=1e-3)  # less context per token: not the same
