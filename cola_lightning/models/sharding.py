@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 from torch import nn
+from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.tensor import DTensor
 from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -112,13 +113,26 @@ def frozen_copy(source: nn.Module, meta_copy, mesh, config: ShardingConfig) -> n
     targets = target.state_dict(keep_vars=True)
     with torch.no_grad():
         for name, tensor in source.state_dict(keep_vars=True).items():
-            _local(targets[name]).copy_(_local(tensor))
+            local_shard(targets[name]).copy_(local_shard(tensor))
     return target.requires_grad_(False).eval()
 
 
-def _local(tensor: torch.Tensor) -> torch.Tensor:
+def local_shard(tensor: torch.Tensor) -> torch.Tensor:
     """This rank's shard of a DTensor, or the tensor itself."""
     return tensor.to_local() if isinstance(tensor, DTensor) else tensor
+
+
+def fsdp_mesh(mesh: DeviceMesh) -> DeviceMesh:
+    """The one-dimensional mesh FSDP2 shards over: every rank of the strategy's mesh.
+
+    `ModelParallelStrategy`'s mesh is (data_parallel, tensor_parallel), and no tensor-parallel
+    plan is applied here, so every rank holds a shard. Given the 2-D mesh itself, `fully_shard`
+    would replicate over the first dimension and shard over the second only (HSDP): the paper
+    configs' 32 x 1 layout would keep the whole model on every GPU.
+    """
+    if mesh.ndim == 1:
+        return mesh
+    return init_device_mesh(mesh.device_type, (mesh.size(),), mesh_dim_names=("fsdp",))
 
 
 def shard_options(mesh, config: ShardingConfig) -> dict:

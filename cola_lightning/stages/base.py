@@ -36,6 +36,7 @@ from cola_lightning.models.cola import CoLAConfig, CoLAModel
 from cola_lightning.models.sharding import (
     ShardingConfig,
     build_sharded_cola_model,
+    fsdp_mesh,
     init_latent_parameters,
     meta_causal_lm,
 )
@@ -89,6 +90,7 @@ class CoLAStage(L.LightningModule):
         self._rng_states_to_restore: dict | None = None
         self._seed = 0
         self._generator: torch.Generator | None = None
+        self._fsdp_mesh = None
 
     # -- model ---------------------------------------------------------------------------------
 
@@ -124,15 +126,24 @@ class CoLAStage(L.LightningModule):
         with torch.device("meta"):
             return CoLAModel(Backbone(meta_causal_lm(self.backbone_spec)), self.cola_config)
 
+    @property
+    def sharding_mesh(self):
+        """The mesh FSDP2 shards over under `ModelParallelStrategy` (every rank), else None."""
+        if self._device_mesh is None:
+            return None
+        if self._fsdp_mesh is None:
+            self._fsdp_mesh = fsdp_mesh(self._device_mesh)
+        return self._fsdp_mesh
+
     def build_model(self, spec: BackboneSpec) -> CoLAModel:
         """The CoLA model with the backbone's weights and freshly initialised latent parts.
 
         Under `ModelParallelStrategy` it is built on the meta device and sharded (FSDP2) first.
         """
         self._seed = seed = self.shared_seed()
-        if self._device_mesh is not None:
+        if self.sharding_mesh is not None:
             return build_sharded_cola_model(
-                spec, self.cola_config, self._device_mesh, self.sharding_config, seed
+                spec, self.cola_config, self.sharding_mesh, self.sharding_config, seed
             )
         model = CoLAModel(Backbone(load_causal_lm(spec)), self.cola_config)
         init_latent_parameters(model, seed)
@@ -173,7 +184,7 @@ class CoLAStage(L.LightningModule):
         if self._generator is not None:
             checkpoint[RNG_STATES]["stage"] = self._generator.get_state()
         state = checkpoint["state_dict"]
-        if self._device_mesh is not None:
+        if self.sharding_mesh is not None:
             return  # a sharded checkpoint must hold every tensor it is asked to restore
         for key in [k for k in state if self.left_out_of_checkpoint(k)]:
             del state[key]

@@ -147,7 +147,7 @@ class RLStage(CoLAStage):
             self.reference = frozen_copy(
                 getattr(self.model, part),
                 lambda: getattr(self.meta_model(), part),
-                self._device_mesh,
+                self.sharding_mesh,
                 self.sharding_config,
             )
 

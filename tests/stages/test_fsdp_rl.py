@@ -16,6 +16,7 @@ import torch
 import yaml
 from transformers import AutoConfig, AutoModelForCausalLM
 
+from cola_lightning.models.sharding import local_shard
 from tests.conftest import REPO, TINY, run_cli
 
 STEPS = 3
@@ -30,6 +31,8 @@ class WriteRankStats(L.Callback):
         metrics = trainer.callback_metrics
         tags = [t for t in (*TAGS, *AGENT_TAGS) if t in metrics]
         row = {"step": trainer.global_step, **{t: float(metrics[t]) for t in tags}}
+        weight = next(pl_module.model.policy.parameters())
+        row["shard_fraction"] = local_shard(weight).numel() / weight.numel()
         with open(f"rank_stats_{trainer.global_rank}.jsonl", "a") as file:
             file.write(json.dumps(row) + "\n")
 
@@ -149,6 +152,8 @@ def test_two_ranks_follow_one_process_with_uneven_rollouts(tiny_dir, base):
         for a, b in zip(rank0, rank1, strict=True)
     ]
     assert any(a != b for a, b in lengths), lengths
+    # data_parallel 2 x tensor_parallel 1, as the paper configs: each rank holds half a tensor
+    assert {step["shard_fraction"] for step in rank0 + rank1} == {0.5}
     for one, a, b in zip(single, rank0, rank1, strict=True):
         # float32 sums in another order (two ranks, FSDP's gradient reduction) move the KL,
         # a small difference of log-probs after full-backbone steps at lr 1e-2, by ~1e-3.
