@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from cola_lightning.models.tokenizer import byte_tokenizer
+from cola_lightning.search import tree
 from cola_lightning.search.config import SearchConfig
 from cola_lightning.search.q_model import QModel, QModelConfig
 from cola_lightning.search.scorers import Scorer, ScorerConfig
@@ -106,6 +107,20 @@ def test_mcts_q_honours_each_constant(models):
     short = search(models, simulation_tokens=2)
     assert all(len(n.rollout_tokens) <= n.depth + 2 for n in short.tree.walk())
     assert any(len(n.rollout_tokens) == n.depth + 4 for n in base.tree.walk())
+
+
+def test_mcts_q_answers_by_its_answer_rule(models):
+    result = search(models)
+    chosen, use_rollout = tree.choose_answer_q(result.tree, BASE.gamma)
+    assert use_rollout and result.tokens == chosen.rollout_tokens  # the best-scored rollout
+    assert result.score == chosen.reward and result.cost.nodes == len(list(result.tree.walk()))
+    for answer_tokens in (2, 5):  # at depth 2 a terminal's q beats every rollout's R
+        result = search(models, depth=2, answer_tokens=answer_tokens)
+        chosen, use_rollout = tree.choose_answer_q(result.tree, BASE.gamma)
+        assert not use_rollout and chosen.terminal and not chosen.finished
+        # its text, unfinished at the depth limit, continued greedily by answer_tokens
+        assert result.tokens[:2] == chosen.state.generated
+        assert len(result.tokens) == 2 + answer_tokens and result.score == chosen.reward
 
 
 def test_mcts_q_stops_at_the_first_finished_expansion_unless_told_not_to(models):
