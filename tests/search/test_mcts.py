@@ -150,3 +150,17 @@ def test_plain_and_token_mcts_and_best_of_n_honour_their_constants(models):
     best_of = search(models, method="best_of_n_latent", samples=3, simulation_tokens=5)
     assert len(best_of.tree.children) == 3 and set(edges(best_of)) <= {1, 2, 3, 4, 5}
     assert best_of.cost.backbone_tokens == len(prompt) + 3 * 5
+
+
+@pytest.mark.parametrize(
+    ("method", "greedy", "temperature"),
+    [("best_of_n_latent", "greedy", "code_temperature"),
+     ("best_of_n_token", "greedy_token", "token_temperature")],
+)  # fmt: skip
+def test_best_of_n_samples_at_its_temperature(models, method, greedy, temperature):
+    budget = dict(samples=3, simulation_tokens=5)
+    reference = search(models, method=greedy, simulation_tokens=5).tokens
+    cold = search(models, method=method, **budget, **{temperature: 1e-4})
+    assert all(n.state.generated == reference for n in cold.tree.children)
+    hot = search(models, method=method, **budget, **{temperature: 1.0})
+    assert len({tuple(n.state.generated) for n in hot.tree.children}) == 3
