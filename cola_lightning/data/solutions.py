@@ -99,7 +99,10 @@ class SolutionDataModule(L.LightningDataModule):
                 missing = [f for f in FIELDS if f not in record]
                 if missing:
                     raise KeyError(f"{path}:{number}: missing {missing}; rows need {FIELDS}.")
-                rows.append(solution_row(self.tokenizer, record))
+                try:
+                    rows.append(solution_row(self.tokenizer, record))
+                except ValueError as error:
+                    raise ValueError(f"{path}:{number}: {error}") from None
         random.Random(self.seed).shuffle(rows)
         held = max(1, round(len(rows) * self.val_fraction)) if self.val_fraction > 0 else 0
         self.splits = {"train": rows[held:], "val": rows[:held]}

@@ -104,7 +104,7 @@ def mcts_token(searcher: Searcher, root: Node) -> SearchResult:
 
     def expand(leaf: Node) -> list[Node]:
         b = tree.breadth_of(leaf, searcher.config.root_breadth, searcher.config.breadth)
-        with torch.inference_mode():
+        with torch.no_grad():  # not inference_mode: FSDP2 cannot gather inside it
             logits = searcher.model.token_logits(leaf.state.hidden[None, None])[0, 0]
         probs = torch.softmax(logits.float(), -1)
         top = probs.topk(b).indices.tolist()

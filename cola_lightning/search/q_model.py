@@ -83,6 +83,11 @@ def load_q_model(path: str, backbone_config, config: QModelConfig, num_codes: in
     state = q_state_dict(read_checkpoint(path)["state_dict"])
     if not state:
         raise KeyError(f"{path} holds no Q-model tensors ({Q_PREFIX}*): is it a Q-learning run?")
+    if "head.weight" not in state:
+        raise KeyError(
+            f"{path} has no {Q_PREFIX}head.weight: the Q-model in it is incomplete. Point "
+            "`q_from` at a checkpoint saved by a Q-learning run (QLearningModule)."
+        )
     k = state["head.weight"].shape[0]
     if k != num_codes:
         raise ValueError(

@@ -241,7 +241,7 @@ class TreeDecoder:
             code=code, token=token, stop_strings=self.stop_strings, stop_at_eos=self.stop_at_eos
         )
 
-    @torch.inference_mode()
+    @torch.no_grad()  # not inference_mode: FSDP2 cannot gather parameters inside it
     def roots(self, prompt_ids: list[list[int]], latent: bool = True) -> list[NodeState]:
         """Prefills each prompt once: the root states.
 
@@ -289,7 +289,7 @@ class TreeDecoder:
             )
         return nodes
 
-    @torch.inference_mode()
+    @torch.no_grad()  # not inference_mode: FSDP2 cannot gather parameters inside it
     def continue_states(
         self,
         nodes: list[NodeState],
@@ -361,7 +361,7 @@ class TreeDecoder:
             q_taken=float(state.q_taken[row]) if state.q_model is not None else None,
         )
 
-    @torch.inference_mode()
+    @torch.no_grad()  # not inference_mode: FSDP2 cannot gather parameters inside it
     def candidate_tokens(self, node: NodeState, codes: list[int]) -> list[int]:
         """The greedy token of each candidate code at a node, in one batched world-model pass.
 
