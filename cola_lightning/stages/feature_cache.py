@@ -17,13 +17,8 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 from torch.distributed.tensor import DTensor
 
-from cola_lightning.data.feature_cache import (
-    CacheJob,
-    FeatureCacheSupport,
-    RankGroup,
-    load_or_build,
-    scan_rows,
-)
+from cola_lightning.data.feature_cache import FeatureCacheSupport, load_or_build, scan_rows
+from cola_lightning.data.feature_cache_files import CacheJob, RankGroup
 from cola_lightning.data.tokenizer import datamodule_tokenizer
 
 SAMPLED_VALUES = 4096  # per tensor: enough that any fine-tuning or other weights change the hash

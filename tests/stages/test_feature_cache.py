@@ -11,16 +11,13 @@ import torch
 
 from cola_lightning.data.corpus import ArithmeticCorpus
 from cola_lightning.data.feature_cache import (
-    MANIFEST,
-    CacheJob,
     FeatureCacheConfig,
     FeatureCacheMismatch,
-    RankGroup,
     load_or_build,
     open_cache,
     scan_rows,
-    write_cache,
 )
+from cola_lightning.data.feature_cache_files import MANIFEST, CacheJob, RankGroup, write_cache
 from cola_lightning.data.sft import PromptResponseDataModule
 from cola_lightning.models.tokenizer import byte_tokenizer
 from cola_lightning.stages.behavior_cloning import BehaviorCloningModule
