@@ -255,7 +255,10 @@ def load_or_build(
     write_cache(directory, identity, job, group)
     cache = open_cache(directory, identity)
     if cache is None:
-        raise RuntimeError(f"The feature cache in {directory} has no manifest after writing it.")
+        raise RuntimeError(
+            f"This rank sees no manifest in {directory} after rank 0 wrote it: put "
+            "`feature_cache.dir` on a filesystem that every rank shares."
+        )
     return cache, True
 
 
