@@ -91,6 +91,19 @@ def test_stage_1b_reads_the_cache_stage_1_wrote(runs):
     cached = fit(stage_one_b(feature_cache=cache(directory)))
     assert {p.name: p.stat().st_mtime_ns for p in directory.iterdir()} == written
     assert cached == pytest.approx(fit(stage_one_b()), rel=1e-6)
+    # The re-clone's data: prompt/response rows of different lengths, right-padded per batch.
+    padded = cache(runs["tmp"] / "padded")
+    cached = fit(stage_one_b(feature_cache=padded), prompt_responses())
+    assert cached == pytest.approx(fit(stage_one_b(), prompt_responses()), rel=1e-6)
+
+
+def prompt_responses() -> PromptResponseDataModule:
+    return PromptResponseDataModule(
+        arithmetic=ArithmeticCorpus(num_problems=12),
+        tokenizer="bytes",
+        batch_size=4,
+        val_fraction=0.5,
+    )
 
 
 def other_tokenizer(tmp_path) -> str:
@@ -153,12 +166,7 @@ def tiny_job(data, interrupt_after: int | None = None) -> tuple[CacheJob, dict]:
 
 
 def test_padded_rows_get_exactly_their_states(tmp_path):
-    data = PromptResponseDataModule(
-        arithmetic=ArithmeticCorpus(num_problems=12),
-        tokenizer="bytes",
-        batch_size=4,
-        val_fraction=0.5,
-    )
+    data = prompt_responses()
     data.setup()
     job, identity = tiny_job(data)
     data.feature_cache, written = load_or_build(
