@@ -7,9 +7,10 @@ from dataclasses import dataclass
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, default_collate
 
 from cola_lightning.data.arithmetic import Problem, arithmetic_problems
+from cola_lightning.data.feature_cache import FeatureCacheSupport
 from cola_lightning.data.files import read_documents
 from cola_lightning.data.resumable import resumable_train_loader
 from cola_lightning.data.tokenizer import datamodule_tokenizer
@@ -60,7 +61,7 @@ def pack(token_lists: list[list[int]], seq_len: int) -> torch.Tensor:
     return torch.tensor(flat[: rows * seq_len], dtype=torch.long).view(rows, seq_len)
 
 
-class TextCorpusDataModule(L.LightningDataModule):
+class TextCorpusDataModule(FeatureCacheSupport, L.LightningDataModule):
     """Documents from local files, a `datasets` hub name, the built-in arithmetic corpus, or the
     gold trajectories of agent tasks.
 
@@ -151,9 +152,19 @@ class TextCorpusDataModule(L.LightningDataModule):
             PackedSequences(splits["val"]),
         )
 
+    @property
+    def sequence_length(self) -> int:
+        return self.seq_len
+
+    def cache_splits(self) -> dict[str, Dataset]:
+        return {"train": self.train_set, "val": self.val_set}
+
+    def collate_rows(self, rows: list[dict]) -> dict:
+        return default_collate(rows)
+
     def train_dataloader(self) -> DataLoader:
         return resumable_train_loader(
-            self.train_set,
+            self.loader_rows("train"),
             self.batch_size,
             self.trainer,
             self.split_seed,
@@ -161,4 +172,4 @@ class TextCorpusDataModule(L.LightningDataModule):
         )
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(self.val_set, self.batch_size, num_workers=self.num_workers)
+        return DataLoader(self.loader_rows("val"), self.batch_size, num_workers=self.num_workers)

@@ -16,9 +16,10 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from cola_lightning.data.corpus import ArithmeticCorpus
+from cola_lightning.data.feature_cache import FeatureCacheSupport, pad_states
 from cola_lightning.data.files import read_field, read_jsonl
 from cola_lightning.data.resumable import resumable_train_loader
 from cola_lightning.data.tokenizer import datamodule_tokenizer
@@ -105,7 +106,7 @@ def tokenize_example(tokenizer, example: Example, template: str, max_length: int
 
 
 def pad_batch(rows: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-pads tokenised examples to the longest in the batch."""
+    """Right-pads tokenised examples (and their cached states, if any) to the longest."""
     width = max(len(r["input_ids"]) for r in rows)
     batch = {
         name: torch.zeros(len(rows), width, dtype=torch.long)
@@ -117,6 +118,8 @@ def pad_batch(rows: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
         batch["input_ids"][i, :n] = torch.tensor(row["input_ids"])
         batch["attention_mask"][i, :n] = 1
         batch["loss_mask"][i, :n] = torch.tensor(row["loss_mask"])
+    if "hidden" in rows[0]:
+        batch["hidden"] = pad_states([row["hidden"] for row in rows], width)
     return batch
 
 
@@ -130,7 +133,7 @@ def pack_rows(rows: list[dict], length: int) -> list[dict]:
     ]
 
 
-class PromptResponseDataModule(L.LightningDataModule):
+class PromptResponseDataModule(FeatureCacheSupport, L.LightningDataModule):
     """Prompt/response pairs, tokenised with a template, loss on response tokens only.
 
     Args:
@@ -215,6 +218,16 @@ class PromptResponseDataModule(L.LightningDataModule):
             if not self.splits[name]:
                 raise ValueError(f"The {name} split is empty: add data or lower max_length.")
 
+    @property
+    def sequence_length(self) -> int:
+        return self.max_length
+
+    def cache_splits(self) -> dict[str, Dataset]:
+        return dict(self.splits)
+
+    def collate_rows(self, rows: list[dict]) -> dict:
+        return pad_batch(rows, self.pad_id)
+
     def _loader_options(self) -> dict:
         return {
             "num_workers": self.num_workers,
@@ -223,7 +236,7 @@ class PromptResponseDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         return resumable_train_loader(
-            self.splits["train"],
+            self.loader_rows("train"),
             self.batch_size,
             self.trainer,
             self.split_seed,
@@ -231,4 +244,4 @@ class PromptResponseDataModule(L.LightningDataModule):
         )
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(self.splits["val"], self.batch_size, **self._loader_options())
+        return DataLoader(self.loader_rows("val"), self.batch_size, **self._loader_options())

@@ -25,8 +25,10 @@ from cola_lightning.checkpoints.format import (
     load_stage_checkpoint,
     stage_class_path,
 )
+from cola_lightning.data.feature_cache import FeatureCacheConfig
 from cola_lightning.models.adapters import is_adapter_key
 from cola_lightning.models.backbone import (
+    DTYPES,
     Backbone,
     BackboneSpec,
     load_causal_lm,
@@ -41,6 +43,7 @@ from cola_lightning.models.sharding import (
     meta_causal_lm,
 )
 from cola_lightning.models.steps import at_steps, next_token_pairs
+from cola_lightning.stages.feature_cache import attach_feature_cache
 from cola_lightning.stages.losses import masked_cross_entropy, target_mask
 from cola_lightning.stages.optim import OptimizerConfig, build_optimizer, build_scheduler
 
@@ -59,6 +62,8 @@ class CoLAStage(L.LightningModule):
         sample_tokens: how many tokens of the first validation sequence to log with their codes.
         sharding: FSDP2 settings, used when the trainer's strategy is `ModelParallelStrategy`
             (the model is then built on the meta device and sharded before any weight loads).
+        feature_cache: compute the frozen backbone's states for the corpus once, store them and
+            train from them (stages that freeze the backbone only); None runs the backbone.
     """
 
     trained_parts: tuple[str, ...] = ()
@@ -71,6 +76,7 @@ class CoLAStage(L.LightningModule):
         init_from: str | None = None,
         sample_tokens: int = 48,
         sharding: ShardingConfig | None = None,
+        feature_cache: FeatureCacheConfig | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -79,6 +85,12 @@ class CoLAStage(L.LightningModule):
         self.cola_config = _as(CoLAConfig, cola) or CoLAConfig()
         self.optimizer_config = _as(OptimizerConfig, optimizer) or self.default_optimizer()
         self.sharding_config = _as(ShardingConfig, sharding) or ShardingConfig()
+        self.feature_cache_config = _as(FeatureCacheConfig, feature_cache)
+        if self.feature_cache_config is not None and self.trains_backbone:
+            raise ValueError(
+                f"{type(self).__name__} trains the backbone, so its states change every step and "
+                "cannot be cached: drop `feature_cache` (it serves stages 1 and 1b)."
+            )
         self.init_from = init_from
         self.sample_tokens = sample_tokens
         self.tokenizer = load_tokenizer(self.backbone_spec.tokenizer_name)
@@ -215,6 +227,10 @@ class CoLAStage(L.LightningModule):
             "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
         }
 
+    def on_fit_start(self) -> None:
+        if self.feature_cache_config is not None:
+            attach_feature_cache(self)
+
     def on_train_batch_start(self, batch: dict, batch_idx: int) -> None:
         if self._rng_states_to_restore is not None:
             set_rng_states(self._rng_states_to_restore)
@@ -246,7 +262,12 @@ class CoLAStage(L.LightningModule):
     # -- shared pieces of the steps -------------------------------------------------------------
 
     def features(self, batch: dict) -> torch.Tensor:
-        """The backbone's states h (B, T, d), without autograd where the backbone is frozen."""
+        """The backbone's states h (B, T, d), without autograd where the backbone is frozen.
+
+        Batches served by a feature cache carry them already (as ``hidden``, maybe in bf16).
+        """
+        if "hidden" in batch:
+            return batch["hidden"].to(DTYPES[self.backbone_spec.dtype])
         hidden, _ = self.model.hidden_states(batch["input_ids"], batch["attention_mask"])
         return hidden
 

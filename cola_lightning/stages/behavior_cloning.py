@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 
+from cola_lightning.data.feature_cache import FeatureCacheConfig
 from cola_lightning.models.backbone import BackboneSpec
 from cola_lightning.models.cola import CoLAConfig
 from cola_lightning.models.sharding import ShardingConfig
@@ -28,6 +29,7 @@ class BehaviorCloningModule(CoLAStage):
         optimizer: optimiser and schedule (published: as stage 1).
         sample_tokens: tokens of the first validation text logged with their codes.
         sharding: FSDP2 settings, used under `ModelParallelStrategy`.
+        feature_cache: train from the backbone's states cached on disk (see `FeatureCacheConfig`).
     """
 
     trained_parts = ("policy",)
@@ -40,6 +42,7 @@ class BehaviorCloningModule(CoLAStage):
         optimizer: OptimizerConfig | None = None,
         sample_tokens: int = 48,
         sharding: ShardingConfig | None = None,
+        feature_cache: FeatureCacheConfig | None = None,
     ) -> None:
         if not init_from:
             raise ValueError(
@@ -47,7 +50,9 @@ class BehaviorCloningModule(CoLAStage):
                 "dynamics model labels the codes to clone (e.g. the quickstart writes "
                 "checkpoints/quickstart/latent_actions/last.ckpt)."
             )
-        super().__init__(backbone, cola, optimizer, init_from, sample_tokens, sharding)
+        super().__init__(
+            backbone, cola, optimizer, init_from, sample_tokens, sharding, feature_cache
+        )
 
     def policy_logits(self, hidden: torch.Tensor, batch: dict) -> torch.Tensor:
         """Policy logits for steps 0..T-2 (B, T-1, K)."""

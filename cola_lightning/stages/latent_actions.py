@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from cola_lightning.data.feature_cache import FeatureCacheConfig
 from cola_lightning.metrics.codebook import CodebookUsage
 from cola_lightning.models.backbone import BackboneSpec
 from cola_lightning.models.cola import CoLAConfig
@@ -40,6 +41,7 @@ class LatentActionModule(CoLAStage):
         usage_window: training steps over which `codebook/alive` and `codebook/perplexity` count.
         sample_tokens: tokens of the first validation text logged with their codes.
         sharding: FSDP2 settings, used under `ModelParallelStrategy`.
+        feature_cache: train from the backbone's states cached on disk (see `FeatureCacheConfig`).
     """
 
     trained_parts = ("inverse_dynamics", "codebook", "world_model")
@@ -55,8 +57,11 @@ class LatentActionModule(CoLAStage):
         usage_window: int = 100,
         sample_tokens: int = 48,
         sharding: ShardingConfig | None = None,
+        feature_cache: FeatureCacheConfig | None = None,
     ) -> None:
-        super().__init__(backbone, cola, optimizer, init_from, sample_tokens, sharding)
+        super().__init__(
+            backbone, cola, optimizer, init_from, sample_tokens, sharding, feature_cache
+        )
         self.gumbel_tau = gumbel_tau
         self.entropy_coef = entropy_coef
         self.usage = CodebookUsage(self.cola_config.num_codes, usage_window)

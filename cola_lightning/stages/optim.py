@@ -29,6 +29,8 @@ class OptimizerConfig:
         no_decay: name fragments of parameters without weight decay (the codebook, as published).
         betas: Adam betas.
         eps: Adam epsilon.
+        fused: torch's fused AdamW kernel (CPU and CUDA): the same update, one kernel per step
+            instead of a Python loop over tensors (about 3x faster on CPU; ``adamw`` only).
     """
 
     name: str = "adamw"
@@ -39,12 +41,15 @@ class OptimizerConfig:
     no_decay: tuple[str, ...] = ("codebook.",)
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
+    fused: bool = False
 
     def __post_init__(self) -> None:
         if self.name not in OPTIMIZERS:
             raise ValueError(f"Unknown optimizer {self.name!r}; use one of {OPTIMIZERS}.")
         if not 0 <= self.min_lr <= self.lr:
             raise ValueError(f"Need 0 <= min_lr <= lr, got min_lr={self.min_lr}, lr={self.lr}.")
+        if self.fused and self.name != "adamw":
+            raise ValueError("optimizer.fused is torch's AdamW kernel: use it with name 'adamw'.")
 
 
 def build_optimizer(model: nn.Module, config: OptimizerConfig) -> torch.optim.Optimizer:
@@ -69,7 +74,7 @@ def build_optimizer(model: nn.Module, config: OptimizerConfig) -> torch.optim.Op
                 "optimizer.name 'adamw8bit' needs bitsandbytes: pip install bitsandbytes==0.50.2"
             ) from error
         return bnb.optim.AdamW8bit(groups, **kwargs)
-    return torch.optim.AdamW(groups, **kwargs)
+    return torch.optim.AdamW(groups, **kwargs, fused=config.fused or None)
 
 
 def warmup_cosine(step: int, total_steps: int, config: OptimizerConfig) -> float:

@@ -55,11 +55,19 @@ def losses(logdir) -> dict[int, float]:
     return {e.step: e.value for e in events.Scalars("train/loss")}
 
 
-def write_config(tmp_path, name: str, devices: int, sharding: dict | None = None, **trainer) -> str:
+def write_config(
+    tmp_path,
+    name: str,
+    devices: int,
+    sharding: dict | None = None,
+    feature_cache: dict | None = None,
+    **trainer,
+) -> str:
     """Stage 1 of configs/test on a saved tiny backbone: one rank x 4 rows or two x 2 rows."""
     config = yaml.safe_load((REPO / "configs/test/latent_actions.yaml").read_text())
     config["model"]["init_args"]["backbone"] = {"source": "tiny", "tokenizer": "bytes"}
     config["model"]["init_args"]["sharding"] = sharding
+    config["model"]["init_args"]["feature_cache"] = feature_cache
     config["data"]["init_args"]["batch_size"] = 4 // devices
     config["trainer"].update(
         {"devices": devices, "max_steps": STEPS, "log_every_n_steps": 1, "limit_val_batches": 0}
@@ -149,3 +157,18 @@ def test_bf16_and_activation_checkpointing_follow_the_float32_run(runs):
     float32 = losses(runs / "runs/test/sharded/version_0")
     assert bf16 == pytest.approx({s: float32[s] for s in bf16}, rel=2e-2)
     assert bf16 != pytest.approx({s: float32[s] for s in bf16}, rel=1e-6)  # bf16 did compute
+
+
+def test_two_processes_train_from_a_feature_cache_each_wrote_half_of(runs):
+    cache = {"dir": str(runs / "feature_cache"), "dtype": "float32"}
+    config = write_config(runs, "cached", 2, feature_cache=cache)
+    result = run_cli(["fit", "--config", config], runs)
+    assert result.returncode == 0, result.stderr[-3000:]
+    cached = losses(runs / "runs/test/cached/version_0")
+    assert cached == pytest.approx(losses(runs / "runs/test/single/version_0"), rel=1e-5, abs=0)
+    train = json.loads((runs / "feature_cache/manifest.json").read_text())["splits"]["train"]
+    (first_lo, first_hi), (second_lo, second_hi) = (s["rows"] for s in train["shards"])
+    assert first_lo == 0 and first_hi == second_lo and second_hi == train["rows"]
+    assert sorted(p.name for p in (runs / "feature_cache").glob("train-rows-*.bin")) == [
+        s["file"] for s in train["shards"]
+    ]

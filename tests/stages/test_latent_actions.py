@@ -82,3 +82,19 @@ def test_warmup_cosine_schedule():
     assert warmup_cosine(1000, 1000, config) == pytest.approx(0.4)
     with pytest.raises(ValueError, match="min_lr"):
         OptimizerConfig(lr=1e-4, min_lr=1e-3)
+
+
+def test_fused_adamw_takes_the_default_step():
+    torch.manual_seed(0)
+    models = [torch.nn.Linear(8, 4), torch.nn.Linear(8, 4)]
+    models[1].load_state_dict(models[0].state_dict())
+    start = models[0].weight.detach().clone()
+    for model, fused in zip(models, (False, True), strict=True):
+        optimizer = build_optimizer(model, OptimizerConfig(lr=1e-2, fused=fused))
+        assert bool(optimizer.defaults["fused"]) == fused
+        for _ in range(3):
+            optimizer.zero_grad()
+            model(torch.ones(2, 8)).square().sum().backward()
+            optimizer.step()
+    torch.testing.assert_close(models[1].weight, models[0].weight)
+    assert not torch.allclose(models[0].weight, start)  # the steps moved the weights
