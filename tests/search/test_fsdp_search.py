@@ -81,7 +81,13 @@ def runs(tmp_path_factory):
         devices=2,
         logger=False,
         strategy={"class_path": "lightning.pytorch.strategies.ModelParallelStrategy"},
-        callbacks=[{"class_path": "tests.search.test_fsdp_search.WriteRankRows"}],
+        callbacks=[
+            {"class_path": "tests.search.test_fsdp_search.WriteRankRows"},
+            {
+                "class_path": "cola_lightning.rollout.writer.JsonlPredictionWriter",
+                "init_args": {"path": str(tmp_path / "search.jsonl")},
+            },
+        ],
     )
     (tmp_path / "sharded.yaml").write_text(yaml.safe_dump(config))
     command = ["predict", "--config", str(tmp_path / "sharded.yaml")]
@@ -98,13 +104,20 @@ def runs(tmp_path_factory):
 def test_two_shard_ranks_search_as_one_process(runs):
     tmp_path, single = runs
     assert len(single) == 3
+    for expected in single:
+        expected["cost"].pop("wall_s", None)
     for rank in (0, 1):
         lines = (tmp_path / f"rows_{rank}.jsonl").read_text().splitlines()
         head, *rows = [json.loads(line) for line in lines]
         assert head == {"all_sharded": True} and len(rows) == 3
         for row, expected in zip(rows, single, strict=True):
-            row["cost"].pop("wall_s"), expected["cost"].pop("wall_s", None)
+            row["cost"].pop("wall_s")
             assert row == expected
+    # the output file: the shard group's rows once (its first rank writes them), no part files
+    written = [json.loads(line) for line in (tmp_path / "search.jsonl").read_text().splitlines()]
+    for row in written:
+        row["cost"].pop("wall_s")
+    assert written == single and not list(tmp_path.glob("search.jsonl.part*"))
 
 
 @pytest.mark.parametrize("method", ["mcts", "mcts_token"])
