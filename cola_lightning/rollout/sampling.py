@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
 
 import torch
@@ -68,3 +69,18 @@ class Sampler:
             draws = zip(probs, generator, strict=True)
             return torch.cat([torch.multinomial(p, 1, generator=g) for p, g in draws])
         return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+def prompt_streams(prompts: list[str], device, *key) -> list[torch.Generator]:
+    """One random stream per prompt, seeded by (`key`, copy of the prompt, prompt).
+
+    A prompt's samples then depend on the prompt (and which copy of it this is), not on which
+    rank or batch it lands in: a sharded run samples exactly what one process samples.
+    """
+    copies: dict[str, int] = {}
+    streams = []
+    for prompt in prompts:
+        copies[prompt] = copies.get(prompt, -1) + 1
+        name = "/".join(map(str, (*key, copies[prompt], prompt)))
+        streams.append(torch.Generator(device).manual_seed(zlib.crc32(name.encode())))
+    return streams

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import time
-import zlib
 from dataclasses import dataclass
 
 import torch
@@ -24,7 +23,7 @@ from cola_lightning.rewards.registry import CompositeReward, RewardSpec
 from cola_lightning.rollout import rl_maths
 from cola_lightning.rollout.engine import GenerationConfig, Generator
 from cola_lightning.rollout.rl_maths import ActionBatch, action_batch
-from cola_lightning.rollout.sampling import Sampler
+from cola_lightning.rollout.sampling import Sampler, prompt_streams
 from cola_lightning.stages.base import CoLAStage
 from cola_lightning.stages.optim import OptimizerConfig
 
@@ -191,18 +190,8 @@ class RLStage(CoLAStage):
         return action_batch(result, self.latent, self.tokenizer.pad_token_id, self.device)
 
     def streams(self, prompts: list[str]) -> list[torch.Generator]:
-        """One random stream per rollout, seeded by (seed, step, prompt, copy of the prompt).
-
-        A rollout's samples then depend on its prompt alone, not on which rank or batch it is
-        in: a sharded run samples exactly what a single process does with the same global batch.
-        """
-        copies: dict[str, int] = {}
-        generators = []
-        for prompt in prompts:
-            copies[prompt] = copies.get(prompt, -1) + 1
-            key = f"{self._seed}/{self.global_step}/{copies[prompt]}/{prompt}"
-            generators.append(torch.Generator(self.device).manual_seed(zlib.crc32(key.encode())))
-        return generators
+        """One random stream per rollout, seeded by (seed, step, copy of the prompt, prompt)."""
+        return prompt_streams(prompts, self.device, self._seed, self.global_step)
 
     def training_step(self, batch: list[dict], batch_idx: int) -> None:
         started = time.perf_counter()

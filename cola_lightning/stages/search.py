@@ -12,13 +12,12 @@ and rewards: the Q-learning stage's data.
 
 from __future__ import annotations
 
-import torch
-
 from cola_lightning.models.backbone import BackboneSpec
 from cola_lightning.models.cola import CoLAConfig
 from cola_lightning.rewards import math as math_reward
 from cola_lightning.rewards.registry import CompositeReward, RewardSpec
 from cola_lightning.rollout.engine import GenerationConfig, Generator
+from cola_lightning.rollout.sampling import prompt_streams
 from cola_lightning.search.config import SearchConfig
 from cola_lightning.search.q_model import QModelConfig, load_q_model
 from cola_lightning.search.scorers import Scorer, ScorerConfig
@@ -40,7 +39,8 @@ class SearchModule(CoLAStage):
         accuracy_reward: the verifiable reward that grades the chosen answer against the gold one
             (recorded as `correct`; it never steers the search unless the scorer is the oracle).
         stop_strings: texts that end a response besides EOS.
-        seed: seed of the search's sampling (the same seed gives the same tree).
+        seed: seed of the search's sampling: each problem draws from its own stream of (seed,
+            prompt), so the same seed gives the same tree in any batch and on any rank.
     """
 
     def __init__(
@@ -82,7 +82,6 @@ class SearchModule(CoLAStage):
             self.q_model,
             self.stop_strings,
         )
-        self._generator = torch.Generator(device=self.device).manual_seed(self.seed)
         self.rows = []
 
     def predict_step(self, batch: list[dict], batch_idx: int) -> list[dict]:
@@ -91,7 +90,9 @@ class SearchModule(CoLAStage):
         return rows
 
     def search_one(self, record: dict) -> dict:
-        result = self.searcher.search(record["prompt"], record, self._generator)
+        # a stream per problem: its tree does not depend on the batch or rank it is searched in
+        (stream,) = prompt_streams([record["prompt"]], self.device, self.seed)
+        result = self.searcher.search(record["prompt"], record, stream)
         gold = record.get("answer")
         correct = None
         if gold is not None:
@@ -134,7 +135,8 @@ class SolutionSamplingModule(CoLAStage):
         generation: lengths and samplers (codes sampled, tokens greedy, as in the paper's RL).
         rewards: the rewards that score each solution (registry names or module:function paths).
         samples_per_prompt: solutions per prompt.
-        seed: seed of the sampling generator.
+        seed: seed of the sampling: each solution draws from its own stream of (seed, copy,
+            prompt), the same in any batch and on any rank.
     """
 
     def __init__(
@@ -155,13 +157,13 @@ class SolutionSamplingModule(CoLAStage):
 
     def on_predict_start(self) -> None:
         self.model.eval()
-        self._generator = torch.Generator(device=self.device).manual_seed(self.seed)
 
     def predict_step(self, batch: list[dict], batch_idx: int) -> list[dict]:
         records = [r for r in batch for _ in range(self.samples_per_prompt)]
         prompts = [r["prompt"] for r in records]
         engine = Generator(self.model, self.tokenizer, self.generation)
-        rollout = engine.generate(prompts, "latent", generator=self._generator)
+        streams = prompt_streams(prompts, self.device, self.seed)
+        rollout = engine.generate(prompts, "latent", generator=streams)
         rewards, _ = self.reward(prompts, rollout.texts, records)
         return [
             {

@@ -7,7 +7,7 @@ from cola_lightning.models.tokenizer import byte_tokenizer
 from cola_lightning.rollout.engine import GenerationConfig, Generator, left_pad
 from cola_lightning.rollout.kv_cache import PreallocatedLayer
 from cola_lightning.rollout.reference import generate_without_cache
-from cola_lightning.rollout.sampling import Sampler
+from cola_lightning.rollout.sampling import Sampler, prompt_streams
 from tests.conftest import tiny_model
 
 PROMPTS = ["Mia has 3 apples.", "Q: 2+2?", "A longer prompt about marbles and boxes."]
@@ -192,3 +192,13 @@ def test_preallocated_cache_layer_grows_and_equals_concatenation():
     torch.testing.assert_close(values, -torch.cat(chunks, dim=2))
     layer.batch_select_indices(torch.tensor([1, 1, 0]))
     assert torch.equal(layer.keys[0], layer.keys[1]) and layer.keys.shape == (3, 3, 6, 4)
+
+
+def test_prompt_streams_depend_on_the_prompt_and_its_copy_not_the_batch():
+    """Search, solution sampling and RL draw per prompt: any batch or rank draws the same."""
+    batch = prompt_streams(["a", "b", "a"], "cpu", 5, 0)
+    alone = prompt_streams(["b"], "cpu", 5, 0)
+    draws = [torch.rand(4, generator=g) for g in batch]
+    assert torch.equal(draws[1], torch.rand(4, generator=alone[0]))
+    assert not torch.equal(draws[0], draws[2])  # the second copy of a prompt has its own stream
+    assert not torch.equal(draws[1], torch.rand(4, generator=prompt_streams(["b"], "cpu", 6, 0)[0]))
