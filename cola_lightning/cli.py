@@ -1,8 +1,8 @@
 """LightningCLI entry point: ``python -m cola_lightning fit|validate|test|predict --config X.yaml``.
 
 The YAML chooses the stage (``model.class_path``) and the data (``data.class_path``); every other
-key is a constructor argument. The resolved config is saved as ``config.yaml`` beside the logs, and
-TensorBoard is the default logger.
+key is a constructor argument. The resolved config is saved as ``config.yaml`` beside the logs (a
+run without a logger has no log folder, and saves none), and TensorBoard is the default logger.
 """
 
 from __future__ import annotations
@@ -12,12 +12,21 @@ from pathlib import Path
 
 import lightning as L
 import yaml
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
 DEFAULT_LOGGER = {
     "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
     "init_args": {"save_dir": "runs"},
 }
+
+
+class SaveConfigBesideLogs(SaveConfigCallback):
+    """Saves the resolved config in the logger's folder; without a logger Lightning would drop it
+    into the working directory, where the next run's would overwrite it."""
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if trainer.logger is not None:
+            super().setup(trainer, pl_module, stage)
 
 
 class CoLACLI(LightningCLI):
@@ -30,6 +39,7 @@ class CoLACLI(LightningCLI):
             subclass_mode_model=True,
             subclass_mode_data=True,
             trainer_defaults={"logger": DEFAULT_LOGGER},
+            save_config_callback=SaveConfigBesideLogs,
             save_config_kwargs={"overwrite": True},
             args=args,
             run=run,

@@ -108,6 +108,7 @@ def test_predict_writes_generations(test_runs):
         assert all(lp <= 0 for lp in record["code_logprobs"] + record["token_logprobs"])
     again = run_cli(["predict", "--config", str(REPO / "configs/test/generate.yaml")], test_runs)
     assert again.returncode != 0 and "already exists" in again.stderr
+    assert not (test_runs / "config.yaml").exists()  # no logger: no config dropped in the cwd
 
 
 def test_stage_one_logs_and_checkpoint(test_runs):
