@@ -61,6 +61,7 @@ def write_config(
     devices: int,
     sharding: dict | None = None,
     feature_cache: dict | None = None,
+    world_model: dict | None = None,
     **trainer,
 ) -> str:
     """Stage 1 of configs/test on a saved tiny backbone: one rank x 4 rows or two x 2 rows."""
@@ -68,6 +69,8 @@ def write_config(
     config["model"]["init_args"]["backbone"] = {"source": "tiny", "tokenizer": "bytes"}
     config["model"]["init_args"]["sharding"] = sharding
     config["model"]["init_args"]["feature_cache"] = feature_cache
+    if world_model is not None:
+        config["model"]["init_args"]["cola"]["world_model"] = world_model
     config["data"]["init_args"]["batch_size"] = 4 // devices
     config["trainer"].update(
         {"devices": devices, "max_steps": STEPS, "log_every_n_steps": 1, "limit_val_batches": 0}
@@ -172,3 +175,15 @@ def test_two_processes_train_from_a_feature_cache_each_wrote_half_of(runs):
     assert sorted(p.name for p in (runs / "feature_cache").glob("train-rows-*.bin")) == [
         s["file"] for s in train["shards"]
     ]
+
+
+def test_the_inject_form_on_two_processes_follows_one(runs):
+    inject = {"form": "inject", "layer": 1}
+    for name, devices in (("inject_single", 1), ("inject_sharded", 2)):
+        config = write_config(runs, name, devices, world_model=inject, max_steps=3)
+        result = run_cli(["fit", "--config", config], runs)
+        assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((runs / REPORT).read_text())["all_dtensor"]
+    single = losses(runs / "runs/test/inject_single/version_0")
+    sharded = losses(runs / "runs/test/inject_sharded/version_0")
+    assert len(single) == 3 and sharded == pytest.approx(single, rel=1e-5, abs=0)
