@@ -223,6 +223,11 @@ class Backbone(nn.Module):
     def lm_head(self) -> nn.Module:
         return self.lm.get_output_embeddings()
 
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        """The dtype the backbone computes in (its embeddings': never quantised)."""
+        return self.lm.get_input_embeddings().weight.dtype
+
     def forward(
         self,
         input_ids: torch.Tensor | None = None,
@@ -310,7 +315,7 @@ class Readout:
     position_ids: torch.Tensor | None = None
 
     def logits(self, backbone: Backbone) -> torch.Tensor:
-        state = self.state
+        state = self.state.to(backbone.compute_dtype)  # from the float32 latent parts
         if self.from_layer is not None:
             decoder = backbone.decoder
             layers = decoder.layers[self.from_layer :]

@@ -66,7 +66,7 @@ class CodePredictor(nn.Module):
     ) -> tuple[torch.Tensor, Any]:
         """Code logits (B, T, K) at every position, and the updated KV cache (None without)."""
         out = self.blocks(
-            inputs_embeds=hidden,
+            inputs_embeds=hidden.to(self.head.weight.dtype),
             attention_mask=attention_mask,
             position_ids=position_ids,
             past_key_values=past_key_values,

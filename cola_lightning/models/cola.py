@@ -26,6 +26,11 @@ from cola_lightning.models.world_model import Codebook, MergeWorldModel, WorldMo
 
 # The parts of a CoLA model besides the backbone, by attribute name.
 LATENT_PARTS = ("inverse_dynamics", "codebook", "world_model", "policy")
+# The latent parts are trained, so they keep float32 weights whatever the backbone's dtype: an
+# AdamW step at RL's lr 5e-7 is below bf16's resolution and would leave most weights unchanged.
+# Each part casts the backbone's states to its own dtype on entry, and readouts cast back.
+# For bf16 compute over these float32 master weights, use FSDP2's `sharding.mixed_precision`.
+LATENT_DTYPE = torch.float32
 
 
 @dataclass
@@ -65,7 +70,7 @@ class CoLAModel(nn.Module):
         super().__init__()
         self.config = config = config or CoLAConfig()
         lm_config = backbone.config
-        dtype = next(backbone.parameters()).dtype
+        dtype = LATENT_DTYPE
         init_std = getattr(lm_config, "initializer_range", 0.02)
         ffn_size = config.merge_ffn_size or lm_config.intermediate_size
         self.backbone = backbone

@@ -76,7 +76,7 @@ class InjectWorldModel(nn.Module):
         return DynamicCache(config=self.config)
 
     def inject(self, hidden: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
-        return self.action_norm(action) + self.state_norm(hidden)
+        return self.action_norm(action) + self.state_norm(hidden.to(action.dtype))
 
     def forward(
         self,

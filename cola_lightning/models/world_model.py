@@ -104,7 +104,7 @@ class MergeWorldModel(nn.Module):
             nn.init.normal_(parameter, std=init_std)
 
     def forward(self, hidden: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
-        state = hidden
+        state = hidden.to(action.dtype)  # the codebook's dtype: the latent parts'
         for layer in self.layers:
             state = layer(state, action)
         return state

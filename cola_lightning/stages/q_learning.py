@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 
 from cola_lightning.models.backbone import BackboneSpec
-from cola_lightning.models.cola import CoLAConfig
+from cola_lightning.models.cola import LATENT_DTYPE, CoLAConfig
 from cola_lightning.search.q_model import QModel, QModelConfig, td_targets
 from cola_lightning.stages.base import CoLAStage, _as
 from cola_lightning.stages.optim import OptimizerConfig
@@ -57,9 +57,8 @@ class QLearningModule(CoLAStage):
             return
         super().configure_model()
         lm_config, k = self.model.backbone.config, self.model.num_codes
-        dtype = next(self.model.parameters()).dtype
-        self.q_model = QModel(lm_config, self.q_config, k, dtype)
-        self.q_target = QModel(lm_config, self.q_config, k, dtype)
+        self.q_model = QModel(lm_config, self.q_config, k, LATENT_DTYPE)
+        self.q_target = QModel(lm_config, self.q_config, k, LATENT_DTYPE)
         self.q_target.load_state_dict(self.q_model.state_dict())
         self.q_target.requires_grad_(False)
 

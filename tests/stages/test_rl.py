@@ -324,3 +324,26 @@ def test_first_pass_ratio_is_one_with_lora_dropout(stage_one_b_checkpoint):
     delta = (logprobs - batch.old_logprobs)[batch.action_mask]
     assert delta.abs().max().item() < 1e-5
     assert module.model.policy.training and not module.model.backbone.training
+
+
+def test_latent_parts_keep_float32_master_weights_under_a_bf16_backbone(stage_one_b_checkpoint):
+    """RL's lr 5e-7 is below bf16's resolution: in bf16 weights most steps would round away."""
+    module = LatentRLModule(
+        dataclasses.replace(tiny_spec(), dtype="bfloat16"),
+        init_from=str(stage_one_b_checkpoint[0]),
+        cola=TINY_COLA,
+        optimizer=OptimizerConfig(lr=5e-7, min_lr=5e-7, warmup_steps=0),
+        rl=RLConfig(group_size=4),
+        rewards=[RewardSpec("tests.stages.test_rl:length_reward")],
+        accuracy_reward="arithmetic",
+        generation=GenerationConfig(max_new_tokens=6),
+    )
+    module.configure_model()
+    assert all(p.dtype == torch.bfloat16 for p in module.model.backbone.parameters())
+    assert all(p.dtype == torch.float32 for p in module.model.policy.parameters())
+    before = [p.detach().clone() for p in module.model.policy.parameters()]
+    tiny_trainer(max_steps=3, limit_val_batches=0).fit(module, task_data(batch_size=4))
+    after = list(module.model.policy.parameters())
+    changed = sum((a != b).sum().item() for a, b in zip(after, before, strict=True))
+    # every element with a gradient moves by about lr per Adam step (norm weights included)
+    assert changed / sum(b.numel() for b in before) > 0.9
