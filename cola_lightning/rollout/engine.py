@@ -66,6 +66,12 @@ class Rollout:
     finish: list[str]
     states: list[torch.Tensor] | None = None
 
+    def backbone_positions(self) -> int:
+        """Positions run through the backbone: each distinct prompt once (the shared prefill)
+        and every generated token but the last (fed back to make the next)."""
+        prompts = sum(len(p) for p in {tuple(p) for p in self.prompt_ids})
+        return prompts + sum(max(len(t) - 1, 0) for t in self.token_ids)
+
 
 @contextmanager
 def eval_mode(module: nn.Module):

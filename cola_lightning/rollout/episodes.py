@@ -159,9 +159,14 @@ class Episode:
 
 @dataclass
 class EpisodeBatch:
-    """The episodes of one `run_episodes` call."""
+    """The episodes of one `run_episodes` call, and the positions its turns ran through the
+    backbone (each turn decodes from the episode's whole context)."""
 
     episodes: list[Episode]
+    positions: int = 0
+
+    def backbone_positions(self) -> int:
+        return self.positions
 
     @property
     def token_ids(self) -> list[list[int]]:
@@ -251,6 +256,7 @@ def run_episodes(
     stops = [*generation.stop_strings, config.format.action_end]
     engine = Generator(model, tokenizer, dataclasses.replace(generation, stop_strings=stops))
     environments = [pool.acquire(r) for r in records]
+    positions = 0
     try:
         episodes = [
             start_episode(engine, env, r, config, mode == "latent")
@@ -264,13 +270,14 @@ def run_episodes(
                 mode,
                 generator=None if streams is None or not running else [streams[i] for i in running],
             )
+            positions += result.backbone_positions()
             for row, i in enumerate(running):
                 take_turn(episodes[i], environments[i], result, row, engine, config)
             running = [i for i in running if not fits_or_ends(episodes[i], engine, config)]
     finally:
         for env, record in zip(environments, records, strict=True):
             pool.release(record, env)
-    return EpisodeBatch(episodes)
+    return EpisodeBatch(episodes, positions)
 
 
 def encode(engine: Generator, text: str) -> list[int]:

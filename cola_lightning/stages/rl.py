@@ -199,16 +199,20 @@ class RLStage(CoLAStage):
         records = [r for r in batch for _ in range(group)]
         keep = self.latent and self.rl.backbone_states == "rollout"
         result, rewards, errors = self.rollout(records, self.generation, keep_states=keep)
+        positions = result.backbone_positions()
         if self.rl.algorithm == "remax":
-            _, greedy_rewards, greedy_errors = self.rollout(batch, self.greedy_config())
+            greedy, greedy_rewards, greedy_errors = self.rollout(batch, self.greedy_config())
             errors += greedy_errors
+            positions += greedy.backbone_positions()
             advantages = rl_maths.remax_advantages(rewards, greedy_rewards)
         elif self.rl.algorithm == "grpo":
             advantages = rl_maths.group_advantages(rewards, group)
         else:
             advantages = rl_maths.batch_advantages(rewards)
         rolled = time.perf_counter()
-        actions = self.with_states(self.actions_of(result))
+        actions = self.actions_of(result)
+        positions += self.update_backbone_positions(actions)
+        actions = self.with_states(actions)
         if self.rl.algorithm == "ppo_gae":
             advantages = self.gae_advantages(actions, rewards)
         stats = self.update(actions, advantages)
@@ -220,6 +224,7 @@ class RLStage(CoLAStage):
                 "rl/reward_std": rewards.std(unbiased=False),
                 "rl/reward_errors": float(errors),
                 "rl/response_tokens": self._step_tokens / len(records),
+                "rl/backbone_tokens": float(positions),
                 "timing/rollout_s": rolled - started,
                 "timing/update_s": updated - rolled,
                 **stats,
@@ -233,6 +238,10 @@ class RLStage(CoLAStage):
     def with_states(self, batch: ActionBatch) -> ActionBatch:
         """The batch with the backbone's states wherever this stage's update reads them."""
         return batch
+
+    def update_backbone_positions(self, batch: ActionBatch) -> int:
+        """Positions the update will run through a backbone (the compute RL is compared by)."""
+        raise NotImplementedError  # each RL stage says what its update reads
 
     def update(self, batch: ActionBatch, advantages: torch.Tensor) -> dict[str, torch.Tensor]:
         """`epochs` passes of `minibatches` clipped policy-gradient steps; the last stats."""
@@ -305,6 +314,10 @@ class LatentRLModule(RLStage):
 
     trained_parts = ("policy",)
     latent = True
+
+    def update_backbone_positions(self, batch: ActionBatch) -> int:
+        """None with the rollout's states kept; else one no-grad pass (`with_states`)."""
+        return 0 if batch.states is not None else int(batch.attention_mask.sum())
 
     def with_states(self, batch: ActionBatch) -> ActionBatch:
         """Kept from the rollout, or computed here once for every epoch and minibatch."""

@@ -27,6 +27,13 @@ class TokenRLModule(RLStage):
     def default_generation() -> GenerationConfig:
         return GenerationConfig(max_new_tokens=64, token=Sampler(temperature=1.0))
 
+    def update_backbone_positions(self, batch) -> int:
+        """The backbone per epoch, and its frozen reference where the KL is measured."""
+        reference = 0
+        if self.reference is not None:  # ppo_gae measures it once, the others every epoch
+            reference = 1 if self.rl.algorithm == "ppo_gae" else self.rl.epochs
+        return int(batch.attention_mask.sum()) * (self.rl.epochs + reference)
+
     def action_logprobs(self, batch, with_reference):
         # The vocabulary head runs only where actions are (the responses), not over the prompts.
         args = (batch.input_ids, batch.attention_mask, batch.position_ids)

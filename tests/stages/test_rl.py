@@ -347,3 +347,22 @@ def test_latent_parts_keep_float32_master_weights_under_a_bf16_backbone(stage_on
     changed = sum((a != b).sum().item() for a, b in zip(after, before, strict=True))
     # every element with a gradient moves by about lr per Adam step (norm weights included)
     assert changed / sum(b.numel() for b in before) > 0.9
+
+
+def test_logged_backbone_tokens_are_the_real_tokens_every_backbone_ran(stage_one_b_checkpoint):
+    """`rl/backbone_tokens`, the compute the methods are compared by, counted by hooks instead."""
+    for module in (latent_rl(stage_one_b_checkpoint[0]), token_rl(stage_one_b_checkpoint[0])):
+        ran = []
+
+        def count(_, args, kwargs, ran=ran):
+            new = kwargs["input_ids"].shape[1]  # the mask's last columns are the new tokens
+            ran.append(int(kwargs["attention_mask"][:, -new:].sum()))
+
+        backbones = [module.model.backbone]
+        if isinstance(module, TokenRLModule):
+            backbones.append(module.reference)  # the KL reference is a second backbone
+        for backbone in backbones:
+            backbone.decoder.register_forward_pre_hook(count, with_kwargs=True)
+        trainer = tiny_trainer(max_steps=1, log_every_n_steps=1, limit_val_batches=0)
+        trainer.fit(module, task_data())
+        assert trainer.callback_metrics["rl/backbone_tokens"] == sum(ran) > 0
