@@ -33,12 +33,14 @@ def task_data(batch_size: int = 2) -> TaskPromptDataModule:
     )
 
 
-def latent_rl(init_from, reward="tests.stages.test_rl:length_reward", **rl) -> LatentRLModule:
+def latent_rl(
+    init_from, reward="tests.stages.test_rl:length_reward", spec=None, lr=1e-2, **rl
+) -> LatentRLModule:
     module = LatentRLModule(
-        tiny_spec(),
+        spec or tiny_spec(),
         init_from=str(init_from),
         cola=TINY_COLA,
-        optimizer=OptimizerConfig(lr=1e-2, min_lr=1e-2, warmup_steps=0),
+        optimizer=OptimizerConfig(lr=lr, min_lr=lr, warmup_steps=0),
         rl=RLConfig(**rl),
         rewards=[RewardSpec(reward)],
         accuracy_reward="arithmetic",
@@ -328,17 +330,8 @@ def test_first_pass_ratio_is_one_with_lora_dropout(stage_one_b_checkpoint):
 
 def test_latent_parts_keep_float32_master_weights_under_a_bf16_backbone(stage_one_b_checkpoint):
     """RL's lr 5e-7 is below bf16's resolution: in bf16 weights most steps would round away."""
-    module = LatentRLModule(
-        dataclasses.replace(tiny_spec(), dtype="bfloat16"),
-        init_from=str(stage_one_b_checkpoint[0]),
-        cola=TINY_COLA,
-        optimizer=OptimizerConfig(lr=5e-7, min_lr=5e-7, warmup_steps=0),
-        rl=RLConfig(group_size=4),
-        rewards=[RewardSpec("tests.stages.test_rl:length_reward")],
-        accuracy_reward="arithmetic",
-        generation=GenerationConfig(max_new_tokens=6),
-    )
-    module.configure_model()
+    spec = dataclasses.replace(tiny_spec(), dtype="bfloat16")
+    module = latent_rl(stage_one_b_checkpoint[0], spec=spec, lr=5e-7, group_size=4)
     assert all(p.dtype == torch.bfloat16 for p in module.model.backbone.parameters())
     assert all(p.dtype == torch.float32 for p in module.model.policy.parameters())
     before = [p.detach().clone() for p in module.model.policy.parameters()]
