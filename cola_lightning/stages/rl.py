@@ -209,6 +209,8 @@ class RLStage(CoLAStage):
             advantages = rl_maths.group_advantages(rewards, group)
         else:
             advantages = rl_maths.batch_advantages(rewards)
+        # the rollouts that move the policy at all: with a sparse reward most groups tie
+        signal = (advantages.abs() > 1e-6).float().mean()
         rolled = time.perf_counter()
         actions = self.actions_of(result)
         positions += self.update_backbone_positions(actions)
@@ -225,6 +227,7 @@ class RLStage(CoLAStage):
                 "rl/reward_errors": float(errors),
                 "rl/response_tokens": self._step_tokens / len(records),
                 "rl/backbone_tokens": float(positions),
+                "rl/signal_frac": signal,
                 "timing/rollout_s": rolled - started,
                 "timing/update_s": updated - rolled,
                 **stats,
