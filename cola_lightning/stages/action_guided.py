@@ -18,7 +18,7 @@ from cola_lightning.models.sharding import ShardingConfig
 from cola_lightning.stages.base import CoLAStage
 from cola_lightning.stages.optim import OptimizerConfig
 
-ACTION_SOURCES = ("idm", "policy")
+ACTION_SOURCES = ("idm", "policy", "none")
 
 
 class ActionGuidedFinetuneModule(CoLAStage):
@@ -27,7 +27,9 @@ class ActionGuidedFinetuneModule(CoLAStage):
     Args:
         backbone: the pretrained LM, with `lora` / `quantization` for LoRA and QLoRA.
         init_from: the stage-1b checkpoint (inverse dynamics model, codebook, world model, policy).
-        actions: ``idm`` (FTA-I: codes from the inverse dynamics model) or ``policy`` (FTA-P).
+        actions: ``idm`` (FTA-I: codes from the inverse dynamics model) or ``policy`` (FTA-P);
+            ``none`` is no action guidance: the backbone's own next-token loss, the token-level
+            baseline's SFT on the same data (what token RL should start from for a fair match).
         cola: sizes of the latent-action parts (must match the checkpoint).
         optimizer: published stage 2: AdamW lr 5e-6, betas (0.9, 0.95).
         sample_tokens: tokens of the first validation text logged with their codes.
@@ -69,7 +71,10 @@ class ActionGuidedFinetuneModule(CoLAStage):
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         hidden = self.features(batch)
-        loss = self.world_model_nll(hidden, self.guiding_codes(hidden, batch), batch)
+        if self.actions == "none":
+            loss = self.base_nll(hidden, batch)
+        else:
+            loss = self.world_model_nll(hidden, self.guiding_codes(hidden, batch), batch)
         metrics = {"train/loss": loss, "train/ce": loss}
         self.log_dict(metrics, on_step=True, on_epoch=False, prog_bar=True, sync_dist=True)
         return loss

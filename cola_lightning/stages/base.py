@@ -291,17 +291,18 @@ class CoLAStage(L.LightningModule):
         logits = self.model.world_model_logits(states, codes, at_steps(batch["attention_mask"]))
         return masked_cross_entropy(logits, targets, target_mask(batch))
 
+    def base_nll(self, hidden: torch.Tensor, batch: dict) -> torch.Tensor:
+        """The backbone's own next-token loss on the target tokens (no latent action)."""
+        states, targets = next_token_pairs(hidden, batch["input_ids"])
+        logits = self.model.base_logits(states, at_steps(batch["attention_mask"]))
+        return masked_cross_entropy(logits, targets, target_mask(batch))
+
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         hidden = self.features(batch)
         codes = self.idm_codes(hidden, batch)
-        states, targets = next_token_pairs(hidden, batch["input_ids"])
         metrics = {
             "val/wm_nll": self.world_model_nll(hidden, codes, batch),
-            "val/base_nll": masked_cross_entropy(
-                self.model.base_logits(states, at_steps(batch["attention_mask"])),
-                targets,
-                target_mask(batch),
-            ),
+            "val/base_nll": self.base_nll(hidden, batch),
         }
         metrics.update(self.extra_validation_metrics(hidden, codes, batch))
         self.log_dict(metrics, batch_size=batch["input_ids"].shape[0], sync_dist=True)

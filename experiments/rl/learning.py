@@ -30,13 +30,25 @@ LOGS = Path("runs/quickstart")
 PROMPTS, ROLLOUTS = 4, 32  # per step, the workload's defaults (`--prompts`, `--prompts x --group`)
 
 
-def run_name(kind: str, lr: str, seed: int) -> str:
-    return f"rlx_{kind}_lr{lr}_s{seed}"
+# Where each run starts: the quickstart's CoLA model, or (token RL only) the token baseline's SFT.
+STARTS = {
+    "reclone": "checkpoints/quickstart/action_guided_reclone/last.ckpt",
+    "token_sft": "checkpoints/quickstart/token_sft/last.ckpt",
+}
+
+
+def label(args: argparse.Namespace) -> str:
+    """The method, and its start when that is not the default (`token-sft`)."""
+    return args.kind if args.start == "reclone" else f"{args.kind}-sft"
+
+
+def run_name(args: argparse.Namespace) -> str:
+    return f"rlx_{label(args)}_lr{args.lr}_s{args.seed}"
 
 
 def overrides(args: argparse.Namespace) -> list[str]:
     """The workload, as command-line overrides of configs/quickstart/<kind>_rl.yaml."""
-    name = run_name(args.kind, args.lr, args.seed)
+    name = run_name(args)
     checkpoint = {
         "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
         "init_args": {"dirpath": f"checkpoints/quickstart/{name}", "save_last": True},
@@ -57,6 +69,7 @@ def overrides(args: argparse.Namespace) -> list[str]:
         f"--data.init_args.batch_size={args.prompts}",
         f"--data.init_args.val_size={args.val_size}",
         "--data.init_args.val_batch_size=50",
+        f"--model.init_args.init_from={STARTS[args.start]}",
         *time_limit,
     ]
 
@@ -65,7 +78,7 @@ def run(args: argparse.Namespace) -> None:
     """Greedy accuracy before training (once per kind: it does not depend on the seed), then fit."""
     config = f"configs/quickstart/{args.kind}_rl.yaml"
     workload = overrides(args)
-    before = f"rlx_{args.kind}_before"
+    before = f"rlx_{label(args)}_before"
     commands = [["fit", "--config", config, *workload]]
     if not (LOGS / before).exists():
         validate = [a for a in workload if not a.startswith("--trainer.logger")]
@@ -194,7 +207,7 @@ def plot(runs: list[dict]) -> None:
         ("validation", "backbone_tokens", "held-out accuracy (200 problems, greedy)"),
     ]
     figure, axes = plt.subplots(1, 3, figsize=(15, 4))
-    for axis, (series, x, label) in zip(axes, panels, strict=True):
+    for axis, (series, x, ylabel) in zip(axes, panels, strict=True):
         for run in runs:
             points = run[series]
             ys = [p["reward" if series == "reward" else "accuracy"] for p in points]
@@ -213,7 +226,7 @@ def plot(runs: list[dict]) -> None:
                 label=name,
             )
         axis.set_xlabel("wall time (s, one CPU core)" if x == "seconds" else "backbone tokens")
-        axis.set_ylabel(label)
+        axis.set_ylabel(ylabel)
     axes[0].legend(fontsize=7)
     figure.suptitle("GRPO on unseen procedural arithmetic, quickstart CoLA model (SmolLM2-135M)")
     figure.tight_layout()
@@ -234,6 +247,7 @@ def main() -> None:
     start.add_argument("--val-size", type=int, default=200)
     start.add_argument("--minutes", type=int, default=0, help="wall-time limit; 0: none")
     start.add_argument("--core", type=int, default=None, help="pin to this CPU core")
+    start.add_argument("--start", choices=sorted(STARTS), default="reclone")
     sub.add_parser("report")
     args = parser.parse_args()
     run(args) if args.command == "run" else report()

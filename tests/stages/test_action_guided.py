@@ -40,7 +40,7 @@ def snapshot(module) -> dict[str, torch.Tensor]:
     return {k: v.clone() for k, v in module.model.state_dict().items()}
 
 
-@pytest.mark.parametrize("actions", ["idm", "policy"])
+@pytest.mark.parametrize("actions", ["idm", "policy", "none"])
 def test_only_the_backbone_learns(stage_one_b_checkpoint, actions):
     path, stage_one_b = stage_one_b_checkpoint
     module = stage_two(path, actions)
@@ -54,6 +54,18 @@ def test_only_the_backbone_learns(stage_one_b_checkpoint, actions):
     assert any(
         not torch.equal(after[k], stage_one_b[k]) for k in after if k.startswith("backbone.")
     )
+
+
+def test_token_sft_lowers_the_backbones_own_loss_not_the_world_models(stage_one_b_checkpoint):
+    """`actions: none` trains the backbone's own head (the token baseline's SFT), nothing else."""
+    path, _ = stage_one_b_checkpoint
+    runs = {}
+    for actions in ("idm", "none"):
+        trainer = tiny_trainer(max_steps=6, limit_val_batches=2, val_check_interval=6)
+        trainer.fit(stage_two(path, actions), sft_data())
+        runs[actions] = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    assert runs["none"]["val/base_nll"] < runs["idm"]["val/base_nll"]
+    assert runs["idm"]["val/wm_nll"] < runs["none"]["val/wm_nll"]
 
 
 def test_lora_changes_only_adapters(stage_one_b_checkpoint):
