@@ -27,17 +27,12 @@ class ParseOnly(LightningCLI):
         parser.set_defaults({"trainer.logger": False})
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--steps", type=int, nargs=2, default=[40, 60])
-    parser.add_argument("--group", type=int, default=8)
-    parser.add_argument("--prompts", type=int, default=4)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
+def quickstart_latent_rl(prompts: int):
+    """The latent RL module of configs/quickstart/latent_rl.yaml, built, and its training order."""
     cli = ParseOnly(
         args=[
             "--config=configs/quickstart/latent_rl.yaml",
-            f"--data.init_args.batch_size={args.prompts}",
+            f"--data.init_args.batch_size={prompts}",
             "--data.init_args.val_size=200",
             "--data.init_args.tokenizer=embedded:smollm2-135m",
         ],
@@ -47,7 +42,17 @@ def main() -> None:
     module.configure_model()
     data.setup()
     train = data.splits["train"]
-    loader = resumable_train_loader(train, args.prompts, None, data.seed, collate_fn=list)
+    return module, resumable_train_loader(train, prompts, None, data.seed, collate_fn=list)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--steps", type=int, nargs=2, default=[40, 60])
+    parser.add_argument("--group", type=int, default=8)
+    parser.add_argument("--prompts", type=int, default=4)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    module, loader = quickstart_latent_rl(args.prompts)
     rewards = []
     for step, batch in enumerate(loader):
         if step >= args.steps[1]:
