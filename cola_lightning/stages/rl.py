@@ -45,6 +45,8 @@ class RLConfig:
         epochs: passes over each rollout batch.
         minibatches: minibatches per pass. Each minibatch is one optimiser step, and the
             Trainer's `max_steps` and `global_step` count optimiser steps.
+        micro_batch_size: rows per forward and backward within one optimiser step (gradient
+            accumulation: the same step in less memory); None does a minibatch at once.
         max_grad_norm: gradient clipping.
         gae_lambda: GAE's lambda (``ppo_gae``).
         backbone_states: where latent RL's update gets the frozen backbone's states: ``rollout``
@@ -60,6 +62,7 @@ class RLConfig:
     clip_eps: float = 0.2
     epochs: int = 1
     minibatches: int = 1
+    micro_batch_size: int | None = None
     max_grad_norm: float = 1.0
     gae_lambda: float = 0.95
     backbone_states: str = "rollout"
@@ -71,6 +74,10 @@ class RLConfig:
             )
         if self.algorithm not in rl_maths.ALGORITHMS:
             raise ValueError(f"Unknown RL algorithm {self.algorithm!r}; use {rl_maths.ALGORITHMS}.")
+        if self.micro_batch_size is not None and self.micro_batch_size < 1:
+            raise ValueError(
+                f"rl.micro_batch_size must be >= 1 or null; got {self.micro_batch_size}."
+            )
         if self.algorithm == "grpo" and self.group_size < 2:
             raise ValueError("GRPO needs group_size >= 2 (advantages are relative to the group).")
 
@@ -253,15 +260,29 @@ class RLStage(CoLAStage):
         for _ in range(self.rl.epochs):
             order = torch.randperm(rows) if self.rl.minibatches > 1 else torch.arange(rows)
             for chunk in order.chunk(self.rl.minibatches):
-                stats = self.policy_step(
-                    batch.select(chunk), advantages[chunk.to(advantages.device)]
-                )
                 optimizer.zero_grad(set_to_none=True)
-                self.manual_backward(stats.pop("loss"))
+                stats = self.accumulate(batch, advantages, chunk)
                 self.clip_gradients(optimizer, gradient_clip_val=self.rl.max_grad_norm)
                 optimizer.step()
                 scheduler.step()  # per optimiser step, as `max_steps` counts them
         return stats
+
+    def accumulate(
+        self, batch: ActionBatch, advantages: torch.Tensor, rows: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """Backward of the minibatch `rows` in micro-batches; its stats, as if in one pass.
+
+        Every loss term is a mean over sequences, so weighting each micro-batch by its share of
+        the rows gives the minibatch's gradient exactly.
+        """
+        totals: dict[str, torch.Tensor] = {}
+        for micro in rows.split(self.rl.micro_batch_size or len(rows)):
+            stats = self.policy_step(batch.select(micro), advantages[micro.to(advantages.device)])
+            weight = len(micro) / len(rows)
+            self.manual_backward(stats.pop("loss") * weight)
+            for name, value in stats.items():
+                totals[name] = totals.get(name, 0.0) + value * weight
+        return totals
 
     def gae_advantages(self, batch: ActionBatch, rewards: torch.Tensor) -> torch.Tensor:
         """``ppo_gae``'s per-action advantages, the KL measured on the rollout's own log-probs."""

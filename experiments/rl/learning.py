@@ -56,6 +56,8 @@ def overrides(args: argparse.Namespace) -> list[str]:
     optimizer = {"lr": float(args.lr), "min_lr": float(args.lr), "warmup_steps": 0}
     optimizer |= {"weight_decay": 0.0, "betas": [0.9, 0.95]}
     time_limit = [f"--trainer.max_time=00:00:{args.minutes:02d}:00"] if args.minutes else []
+    if args.micro_batch:  # token RL's update over 32 rollouts needs ~20 GB in one pass
+        time_limit.append(f"--model.init_args.rl.micro_batch_size={args.micro_batch}")
     return [
         f"--seed_everything={args.seed}",
         f"--trainer.max_steps={args.steps}",
@@ -248,6 +250,7 @@ def main() -> None:
     start.add_argument("--minutes", type=int, default=0, help="wall-time limit; 0: none")
     start.add_argument("--core", type=int, default=None, help="pin to this CPU core")
     start.add_argument("--start", choices=sorted(STARTS), default="reclone")
+    start.add_argument("--micro-batch", type=int, default=0, help="rl.micro_batch_size; 0: none")
     sub.add_parser("report")
     args = parser.parse_args()
     run(args) if args.command == "run" else report()

@@ -226,12 +226,13 @@ def test_a_raising_reward_fails_fast_when_asked(stage_one_b_checkpoint):
         tiny_trainer(max_steps=2, limit_val_batches=0).fit(module, task_data())
 
 
-def token_rl(init_from) -> TokenRLModule:
+def token_rl(init_from, **rl) -> TokenRLModule:
     module = TokenRLModule(
         tiny_spec(),
         init_from=str(init_from),
         cola=TINY_COLA,
         optimizer=OptimizerConfig(lr=1e-3, min_lr=1e-3, warmup_steps=0),
+        rl=RLConfig(**rl),
         rewards=[RewardSpec("tests.stages.test_rl:length_reward")],
         accuracy_reward="arithmetic",
         generation=GenerationConfig(max_new_tokens=6, token=Sampler(temperature=1.0)),
@@ -360,3 +361,25 @@ def test_logged_backbone_tokens_are_the_real_tokens_every_backbone_ran(stage_one
         trainer = tiny_trainer(max_steps=1, log_every_n_steps=1, limit_val_batches=0)
         trainer.fit(module, task_data())
         assert trainer.callback_metrics["rl/backbone_tokens"] == sum(ran) > 0
+
+
+def test_micro_batches_give_the_same_update_in_less_memory(stage_one_b_checkpoint):
+    """Gradient accumulation over micro-batches of 3 rows equals one pass over all 8."""
+    trained, rows = [], []
+    for micro in (None, 3):
+        module = token_rl(stage_one_b_checkpoint[0], micro_batch_size=micro)
+        step = module.policy_step
+        module.policy_step = lambda batch, adv, step=step: rows.append(len(adv)) or step(batch, adv)
+        trainer = tiny_trainer(max_steps=2, log_every_n_steps=1, limit_val_batches=0)
+        trainer.fit(module, task_data())
+        trained.append(({k: v.clone() for k, v in module.model.state_dict().items()}, trainer))
+    assert rows == [8, 8, 3, 3, 2, 3, 3, 2]  # two steps whole, then two steps in micro-batches
+    (full, full_run), (micro, micro_run) = trained
+    for key in full:
+        torch.testing.assert_close(micro[key], full[key], atol=1e-5, rtol=1e-4)
+    for tag in ("rl/kl", "rl/policy_entropy", "rl/policy_loss"):
+        torch.testing.assert_close(
+            micro_run.callback_metrics[tag], full_run.callback_metrics[tag], atol=1e-5, rtol=1e-4
+        )
+    with pytest.raises(ValueError, match="micro_batch_size"):
+        RLConfig(micro_batch_size=0)
