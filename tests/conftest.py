@@ -23,6 +23,15 @@ from cola_lightning.models.cola import CoLAConfig, CoLAModel  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
+# CI runs the suite on two pytest-xdist workers, a file per worker at a time (`--dist loadfile`).
+# These files take one to six minutes each (subprocesses, two-rank gloo runs, a SLURM cluster);
+# started last, one of them would leave a worker idle at the end, so they are collected first.
+LONG_FILES = (
+    "tests/test_cli.py",
+    "tests/stages/test_fsdp_rl.py",
+    "tests/stages/test_fsdp.py",
+    "tests/launch/test_slurm.py",
+)
 
 TINY = {
     "vocab_size": 259,
@@ -87,6 +96,16 @@ def run_cli(
         text=True,
         timeout=600,
     )
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The long files first (a stable sort: the order within each file is kept)."""
+
+    def rank(item: pytest.Item) -> int:
+        path = item.path.relative_to(REPO).as_posix()
+        return LONG_FILES.index(path) if path in LONG_FILES else len(LONG_FILES)
+
+    items.sort(key=rank)
 
 
 @pytest.fixture(autouse=True)
