@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# The agent experiment on the built-in household tasks (issue 13): CoLA (agent stage 2, policy
-# re-clone, latent GRPO) against the token baseline (agent token SFT, token GRPO), with success on
+# The agent experiment on the built-in household tasks (issue 13): CoLA (stages 1 and 1b on the
+# trajectories corpus, agent stage 2, policy re-clone, latent GRPO) against the token baseline (agent token SFT, token GRPO), with success on
 # seen and unseen tasks before and after RL and the backbone's perplexity on natural text.
-#   bash experiments/agents/household.sh && python experiments/agents/report.py
-# Needs: the quickstart chain's behavior_cloning checkpoint (bash experiments/quickstart_chain.sh)
-# and ../shared/data/gsm8k_test.jsonl. Hardware: 2 CPU cores to themselves; the two methods run
+#   bash experiments/agents/household.sh [latent|token] && python experiments/agents/report.py
+# Needs: the quickstart chain's behavior_cloning checkpoint (bash experiments/quickstart_chain.sh:
+# the token SFT starts from its pretrained backbone) and ../shared/data/gsm8k_test.jsonl. Hardware: 2 CPU cores to themselves; the two methods run
 # side by side, one core each (OMP_NUM_THREADS=1, taskset). RL_MINUTES (default 35) is both RL
 # runs' wall-time budget: the same for the two methods. A step whose checkpoint or results file
 # exists is skipped, so a killed run restarts where it stopped. Logs: runs/quickstart/agent_*;
@@ -42,12 +42,15 @@ perplexity() {
 }
 
 latent_chain() {
+    for stage in agent_latent_actions agent_behavior_cloning; do
+        cola 0 "$ckpt/$stage/last.ckpt" fit --config "configs/quickstart/$stage.yaml"
+    done
     cola 0 "$ckpt/agent_action_guided/last.ckpt" fit --config configs/quickstart/agent_action_guided.yaml
     cola 0 "$ckpt/agent_reclone/last.ckpt" fit --config configs/quickstart/agent_reclone.yaml
     success 0 agent_latent_before agent_latent_rl "$ckpt/agent_reclone/last.ckpt"
     cola 0 "$ckpt/agent_latent_rl/last.ckpt" fit --config configs/quickstart/agent_latent_rl.yaml \
         --trainer.max_time="00:00:${RL_MINUTES:-35}:00"
-    for stage in behavior_cloning agent_action_guided agent_latent_rl; do perplexity 0 "$stage"; done
+    for stage in agent_behavior_cloning agent_action_guided agent_latent_rl; do perplexity 0 "$stage"; done
 }
 
 token_chain() {
@@ -58,7 +61,8 @@ token_chain() {
     for stage in agent_token_sft agent_token_rl; do perplexity 1 "$stage"; done
 }
 
-latent_chain > "$out/latent_chain.log" 2>&1 &
-token_chain > "$out/token_chain.log" 2>&1 &
+chain="${1:-both}"  # `latent` or `token` runs one chain only
+[ "$chain" = token ] || latent_chain > "$out/latent_chain.log" 2>&1 &
+[ "$chain" = latent ] || token_chain > "$out/token_chain.log" 2>&1 &
 wait
 echo "$(date -u +%H:%M:%S) done; python experiments/agents/report.py"

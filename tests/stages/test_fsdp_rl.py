@@ -20,7 +20,15 @@ from cola_lightning.models.sharding import local_shard
 from tests.conftest import REPO, TINY, run_cli
 
 STEPS = 3
-TAGS = ("rl/policy_loss", "rl/kl", "rl/response_tokens", "timing/rollout_s", "timing/update_s")
+TAGS = (
+    "rl/policy_loss",
+    "rl/kl",
+    "rl/response_tokens",
+    "rl/signal_frac",
+    "rl/backbone_tokens",
+    "timing/rollout_s",
+    "timing/update_s",
+)
 AGENT_TAGS = ("agent/steps/train",)
 
 
@@ -45,7 +53,8 @@ def write_config(tmp_path, base: str, name: str, devices: int) -> str:
         backbone={"source": "tiny", "tokenizer": "bytes"},
         cola={"num_codes": 8, "idm_layers": 1, "policy_layers": 1, "merge_layers": 1},
         optimizer={"lr": 1e-2, "min_lr": 1e-2, "warmup_steps": 0},
-        rl={"algorithm": "grpo", "group_size": 2, "kl_coef": 0.1},
+        # micro-batches of 2 rollouts: 4 on one process, 2 on each of two ranks
+        rl={"algorithm": "grpo", "group_size": 2, "kl_coef": 0.1, "micro_batch_size": 2},
         rewards=[{"name": "tests.stages.test_rl:length_reward"}],
         accuracy_reward="arithmetic",
         sharding=None,
@@ -159,7 +168,14 @@ def test_two_ranks_follow_one_process_with_uneven_rollouts(tiny_dir, base):
         # a small difference of log-probs after full-backbone steps at lr 1e-2, by ~1e-3.
         for tag, rel in (("rl/policy_loss", 1e-4), ("rl/response_tokens", 1e-6), ("rl/kl", 5e-3)):
             assert (a[tag] + b[tag]) / 2 == pytest.approx(one[tag], rel=rel, abs=1e-6), tag
+        # each rank holds half the groups: the shares average, the token counts add up
+        assert (a["rl/signal_frac"] + b["rl/signal_frac"]) / 2 == pytest.approx(
+            one["rl/signal_frac"]
+        )
+        assert a["rl/backbone_tokens"] + b["rl/backbone_tokens"] == one["rl/backbone_tokens"]
     assert any(step["rl/kl"] > 0 for step in single[1:])  # the policy moved from the reference
+    if kind == "latent":  # (token rollouts of the tiny model all stop at their first byte)
+        assert any(step["rl/signal_frac"] > 0 for step in single)
 
 
 def test_agent_episodes_on_two_ranks_follow_one_process(tiny_dir):
