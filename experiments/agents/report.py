@@ -24,7 +24,10 @@ SPLITS = ("seen", "unseen")
 STATS = ("success", "score", "steps", "invalid_actions")
 EPISODES_PER_SPLIT = 32  # val_per_task 8 x four families (configs/quickstart/agent_*.yaml)
 METHODS = {  # method -> (stages whose backbone perplexity is reported, before-RL run, RL run)
-    "latent": (("agent_behavior_cloning", "agent_action_guided", "agent_latent_rl"), "agent_latent"),
+    "latent": (
+        ("agent_behavior_cloning", "agent_action_guided", "agent_latent_rl"),
+        "agent_latent",
+    ),
     "token": (("behavior_cloning", "agent_token_sft", "agent_token_rl"), "agent_token"),
 }
 
