@@ -9,7 +9,7 @@ Walks the gold actions of `--variations` training variations per task through th
 per task the mean and maximum tokens of a gold episode (prompt, actions and observations, in the
 embedded SmolLM2 tokenizer), the action tokens among them, the turns, and the environment's
 seconds per step. With the household run's measured seconds per trained token this says what
-ScienceWorld would cost on the same CPU (experiments/agents/README.md).
+ScienceWorld would cost on the same CPU (docs/benchmarks.md, "Agent tasks").
 """
 
 from __future__ import annotations

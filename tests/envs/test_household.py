@@ -6,9 +6,9 @@ from cola_lightning.envs import HouseholdEnvironment, make_environment
 from cola_lightning.envs.household import generate_task
 
 
-@pytest.fixture
-def env():
-    return HouseholdEnvironment()
+@pytest.fixture(params=["direct", "search"])
+def env(request):
+    return HouseholdEnvironment(gold=request.param)
 
 
 def test_gold_trajectory_solves_every_generated_task(env):
@@ -21,6 +21,25 @@ def test_gold_trajectory_solves_every_generated_task(env):
                 assert results[-1].done and env.score() == 1.0
                 assert sum(r.reward for r in results) == 1.0
                 assert not any(r.done for r in results[:-1])
+
+
+def test_search_plans_act_only_on_what_the_agent_has_seen():
+    """Until the object is in view, the search plan depends on the goal alone (the target)."""
+    env = HouseholdEnvironment(gold="search")
+    blind = {}  # target -> the actions taken before the object came into view, per variation
+    for variation in env.variations("place", "seen"):
+        env.reset("place", variation)
+        before = []
+        for action in env.gold_actions():
+            feedback = env.step(action).observation.text
+            before.append(action)
+            if f"a {env.task.obj}" in feedback:
+                break
+        blind.setdefault(env.task.target, []).append(before)
+    for target, runs in blind.items():
+        longest = max(runs, key=len)
+        assert all(run == longest[: len(run)] for run in runs), target  # one fixed search order
+    assert max(len(run) for runs in blind.values() for run in runs) > 2
 
 
 def test_unseen_split_shares_no_task_with_seen(env):

@@ -9,6 +9,7 @@ leave the decode loop together. Each rank writes its own statistics per step.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import lightning as L
 import pytest
@@ -20,6 +21,7 @@ from cola_lightning.models.sharding import local_shard
 from tests.conftest import REPO, TINY, run_cli
 
 STEPS = 3
+LATENT_PAPER = "configs/llama3_1_8b/latent_rl.yaml"
 TAGS = (
     "rl/policy_loss",
     "rl/kl",
@@ -43,6 +45,25 @@ class WriteRankStats(L.Callback):
         row["shard_fraction"] = local_shard(weight).numel() / weight.numel()
         with open(f"rank_stats_{trainer.global_rank}.jsonl", "a") as file:
             file.write(json.dumps(row) + "\n")
+
+
+class WritePolicyShard(L.Callback):
+    """Every rank writes its shards' dtypes and the share of its policy elements training moved."""
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.start = [local_shard(p).detach().clone() for p in pl_module.model.policy.parameters()]
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        policy = [local_shard(p).detach() for p in pl_module.model.policy.parameters()]
+        moved = sum((a != b).sum().item() for a, b in zip(policy, self.start, strict=True))
+        backbone = pl_module.model.backbone.parameters()
+        row = {
+            "policy_dtypes": sorted({str(p.dtype) for p in policy}),
+            "backbone_dtypes": sorted({str(local_shard(p).dtype) for p in backbone}),
+            "moved": moved / sum(p.numel() for p in policy),
+        }
+        with open(f"policy_shard_{trainer.global_rank}.json", "w") as file:
+            json.dump(row, file)
 
 
 def write_config(tmp_path, base: str, name: str, devices: int) -> str:
@@ -142,9 +163,7 @@ def tiny_dir(tmp_path_factory):
     return tmp_path
 
 
-@pytest.mark.parametrize(
-    "base", ["configs/llama3_1_8b/latent_rl.yaml", "configs/test/token_rl.yaml"]
-)
+@pytest.mark.parametrize("base", [LATENT_PAPER, "configs/test/token_rl.yaml"])
 def test_two_ranks_follow_one_process_with_uneven_rollouts(tiny_dir, base):
     kind = "latent" if "latent" in base else "token"
     runs = {}
@@ -194,3 +213,21 @@ def test_agent_episodes_on_two_ranks_follow_one_process(tiny_dir):
     for one, a, b in zip(single, rank0, rank1, strict=True):
         for tag, rel in (("rl/policy_loss", 1e-4), ("rl/response_tokens", 1e-6), ("rl/kl", 5e-3)):
             assert (a[tag] + b[tag]) / 2 == pytest.approx(one[tag], rel=rel, abs=1e-6), tag
+
+
+def test_sharded_latent_parts_keep_float32_master_weights_under_a_bf16_backbone(tiny_dir):
+    """The paper's lr 5e-7 is below bf16's resolution; sharded, the policy still trains in fp32."""
+    config = yaml.safe_load(Path(write_config(tiny_dir, LATENT_PAPER, "bf16_base", 2)).read_text())
+    args = config["model"]["init_args"]
+    args["backbone"]["dtype"] = "bfloat16"
+    args["optimizer"] = {"lr": 5e-7, "min_lr": 5e-7, "warmup_steps": 0, "weight_decay": 0.0}
+    config["trainer"]["callbacks"] = [{"class_path": "tests.stages.test_fsdp_rl.WritePolicyShard"}]
+    path = tiny_dir / "bf16_base" / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    result = run_cli(["fit", "--config", str(path)], path.parent)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for rank in range(2):
+        row = json.loads((path.parent / f"policy_shard_{rank}.json").read_text())
+        assert row["policy_dtypes"] == ["torch.float32"]
+        assert row["backbone_dtypes"] == ["torch.bfloat16"]
+        assert row["moved"] > 0.9  # Adam moves every element with a gradient by about lr
