@@ -1,15 +1,17 @@
-"""Reads the household agent experiment's logs into experiments/agents/household.json (issue 13).
+"""Reads an agent experiment's logs into experiments/agents/<environment>.json (issue 13).
 
-    python experiments/agents/report.py
+    python experiments/agents/report.py --environment household
 
-Needs the runs of experiments/agents/household.sh. Per method: success, score, steps and invalid
-actions on the 32 seen and 32 unseen validation tasks before RL and at each RL validation (with a
-95% Wilson interval on success), the training reward, signal fraction, step count and wall time of
-the RL run, and the backbone's perplexity on GSM8K solutions after each stage.
+Needs the runs of experiments/agents/run.sh (a method or stage not run yet is left out). Per
+method: success, score, steps and invalid actions on the seen and unseen validation tasks before
+RL and at each RL validation (with a 95% Wilson interval on success), the training reward, signal
+fraction, step count and step time of the RL run, and the backbone's perplexity on GSM8K
+solutions after each stage.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import statistics
@@ -17,23 +19,23 @@ from pathlib import Path
 
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-LOGS = Path("runs/quickstart")
-RESULTS = Path("experiments/agents/results")
-OUT = Path("experiments/agents/household.json")
 SPLITS = ("seen", "unseen")
 STATS = ("success", "score", "steps", "invalid_actions")
-EPISODES_PER_SPLIT = 32  # val_per_task 8 x four families (configs/quickstart/agent_*.yaml)
-METHODS = {  # method -> (stages whose backbone perplexity is reported, before-RL run, RL run)
-    "latent": (
-        ("agent_behavior_cloning", "agent_action_guided", "agent_latent_rl"),
-        "agent_latent",
-    ),
-    "token": (("behavior_cloning", "agent_token_sft", "agent_token_rl"), "agent_token"),
+# environment -> (its logs, its runs' name prefix, validation episodes per split: val_per_task x
+# task families in its configs)
+ENVIRONMENTS = {
+    "household": (Path("runs/quickstart"), "agent_", 32),
+    "scienceworld": (Path("runs/scienceworld"), "", 8),
+}
+# method -> the stages whose backbone perplexity is reported (`pretrained`: SmolLM2 itself)
+METHODS = {
+    "latent": ("action_guided", "latent_rl"),
+    "token": ("pretrained", "token_sft", "token_rl"),
 }
 
 
-def read_events(name: str) -> EventAccumulator:
-    logdir = max((LOGS / name).glob("version_*"), key=lambda p: p.stat().st_mtime)
+def read_events(logs: Path) -> EventAccumulator:
+    logdir = max(logs.glob("version_*"), key=lambda p: p.stat().st_mtime)
     (events_file,) = logdir.glob("events.out.tfevents.*")
     events = EventAccumulator(str(events_file))
     events.Reload()
@@ -47,7 +49,7 @@ def wilson(p: float, n: int, z: float = 1.96) -> list[float]:
     return [round(centre - half, 3), round(centre + half, 3)]
 
 
-def validations(events: EventAccumulator) -> list[dict]:
+def validations(events: EventAccumulator, episodes: int) -> list[dict]:
     """Every validation point: per split the episode stats (success with its interval)."""
     tags = set(events.Tags()["scalars"])
     points = {}
@@ -60,7 +62,7 @@ def validations(events: EventAccumulator) -> list[dict]:
     for point in points.values():
         for split in SPLITS:
             success = point[split]["success"]
-            point[split]["success_ci"] = wilson(success, EPISODES_PER_SPLIT)
+            point[split]["success_ci"] = wilson(success, episodes)
     return [points[step] for step in sorted(points)]
 
 
@@ -84,8 +86,8 @@ def training(events: EventAccumulator) -> dict:
     }
 
 
-def perplexity(stage: str) -> dict:
-    metrics = json.loads((RESULTS / f"{stage}_perplexity.json").read_text())["metrics"]
+def perplexity(path: Path) -> dict:
+    metrics = json.loads(path.read_text())["metrics"]
     value = metrics["base_perplexity"]
     return {
         "value": round(value["value"], 3),
@@ -93,27 +95,41 @@ def perplexity(stage: str) -> dict:
     }
 
 
-def main() -> None:
+def method_report(environment: str, method: str) -> dict:
+    """What exists of one method's runs: before RL, the RL run, the perplexities."""
+    logs, prefix, episodes = ENVIRONMENTS[environment]
+    results = Path("experiments/agents/results") / environment
     report = {}
-    for method, (stages, prefix) in METHODS.items():
-        rl = read_events(f"{prefix}_rl")
-        report[method] = {
-            "before_rl": validations(read_events(f"{prefix}_before"))[-1],
-            "rl_validations": validations(rl),
-            "rl_training": training(rl),
-            "backbone_perplexity": {stage: perplexity(stage) for stage in stages},
-        }
-    OUT.write_text(json.dumps(report, indent=1))
+    if (logs / f"{prefix}{method}_before").exists():
+        report["before_rl"] = validations(read_events(logs / f"{prefix}{method}_before"), episodes)[
+            -1
+        ]
+    if (logs / f"{prefix}{method}_rl").exists():
+        rl = read_events(logs / f"{prefix}{method}_rl")
+        report["rl_validations"] = validations(rl, episodes)
+        report["rl_training"] = training(rl)
+    files = {stage: results / f"{stage}_perplexity.json" for stage in METHODS[method]}
+    report["backbone_perplexity"] = {s: perplexity(f) for s, f in files.items() if f.exists()}
+    return report
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--environment", choices=list(ENVIRONMENTS), default="household")
+    environment = parser.parse_args().environment
+    report = {method: method_report(environment, method) for method in METHODS}
+    Path(f"experiments/agents/{environment}.json").write_text(json.dumps(report, indent=1))
     for method, result in report.items():
         print(f"## {method}")
-        for point in [result["before_rl"], *result["rl_validations"]]:
-            label = "before RL" if point is result["before_rl"] else f"RL step {point['step']}"
+        points = [result["before_rl"]] if "before_rl" in result else []
+        for point in points + result.get("rl_validations", []):
+            label = "before RL" if point is points[0] else f"RL step {point['step']}"
             cells = [
                 f"{split} {point[split]['success']:.3f} {point[split]['success_ci']}"
                 for split in SPLITS
             ]
             print(f"  {label}: " + ", ".join(cells))
-        print(f"  training: {result['rl_training']}")
+        print(f"  training: {result.get('rl_training')}")
         print(f"  perplexity: {result['backbone_perplexity']}")
 
 
