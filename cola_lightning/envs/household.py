@@ -99,7 +99,7 @@ class HouseholdEnvironment(Environment):
             can only guess, so imitating these plans succeeds at about the guessing rate (1 in 5).
             ``search``: the plan uses only what the agent sees: it visits the receptacles an
             object can start in (not the target, not the appliances), in a fixed order, opening
-            closed ones, until the object is in view. Up to 14 actions instead of 7.
+            closed ones, until the object is in view. At most 13 actions instead of 7.
     """
 
     def __init__(self, max_steps: int = 30, gold: str = "direct") -> None:

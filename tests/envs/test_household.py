@@ -105,3 +105,5 @@ def test_bad_names_are_named():
         env.variations("place", "train")
     with pytest.raises(ValueError, match="Unknown environment 'alfworld'"):
         make_environment("alfworld")
+    with pytest.raises(ValueError, match="Unknown gold plan 'oracle'.*'search'"):
+        make_environment("household", gold="oracle")
