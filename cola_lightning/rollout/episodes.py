@@ -6,11 +6,14 @@ An episode's context is a list of token ids that only grows (nothing is ever re-
     each turn: the model's own tokens (its action, up to `action_end`, a newline), then the
                feedback: the environment's next observation + "\\n> "
 
-Every turn calls `Generator.generate` once on the contexts of all running episodes (batched
-across episodes, in latent or token mode). The engine's KV cache lives for one call, so each turn
-prefills its context again: a prefill per turn, for an engine that stays as it is. Sharded
-(FSDP2), every forward is a collective, so every rank takes the same number of turns: a rank whose
-episodes are over takes discarded one-token turns until every rank's are.
+Every turn decodes once for all running episodes (batched across episodes, in latent or token
+mode). With `cache_turns` (the default) the engine's KV caches live for the whole episode: a turn
+runs only its new tokens (the last action's final token and the observation) through the backbone
+and the policy, so no position is computed twice; the inject-form world model, whose cache holds
+the inverse dynamics model's codes over the context, and `cache_turns: false` prefill the whole
+context every turn instead (the same tokens, at more compute). Sharded (FSDP2), every forward is
+a collective, so every rank takes the same number of turns: a rank whose episodes are over takes
+discarded one-token turns until every rank's are.
 
 The rules:
 
@@ -84,11 +87,14 @@ class EpisodeConfig:
         max_turns: most actions per episode (the step limit).
         max_context_tokens: an episode ends when its next turn would not fit in this many tokens.
         format: how observations become context text.
+        cache_turns: keep the KV caches across turns (each position computed once); false
+            prefills each turn's whole context again (the inject form always does).
     """
 
     max_turns: int = 10
     max_context_tokens: int = 2048
     format: EpisodeFormat = field(default_factory=EpisodeFormat)
+    cache_turns: bool = True
 
     def __post_init__(self) -> None:
         if self.max_turns < 1:
@@ -160,7 +166,7 @@ class Episode:
 @dataclass
 class EpisodeBatch:
     """The episodes of one `run_episodes` call, and the positions its turns ran through the
-    backbone (each turn decodes from the episode's whole context)."""
+    backbone."""
 
     episodes: list[Episode]
     positions: int = 0
@@ -256,7 +262,8 @@ def run_episodes(
     stops = [*generation.stop_strings, config.format.action_end]
     engine = Generator(model, tokenizer, dataclasses.replace(generation, stop_strings=stops))
     environments = [pool.acquire(r) for r in records]
-    positions = 0
+    cache_turns = config.cache_turns and model.world_model_cache() is None
+    positions, state, previous = 0, None, []
     try:
         episodes = [
             start_episode(engine, env, r, config, mode == "latent")
@@ -264,15 +271,21 @@ def run_episodes(
         ]
         running = [i for i, e in enumerate(episodes) if not fits_or_ends(e, engine, config)]
         while not all_ranks_done(torch.tensor([not running], device=engine.device), engine.sharded):
-            contexts = [episodes[i].token_ids for i in running] or [episodes[0].token_ids[:1]]
-            result = engine.generate(
-                contexts,
-                mode,
-                generator=None if streams is None or not running else [streams[i] for i in running],
-            )
+            generator = None if streams is None else [streams[i] for i in running]
+            if not running:  # this rank's episodes are over: a discarded turn, for the collectives
+                result = engine.generate([episodes[0].token_ids[:1]], mode)
+            elif state is None or not cache_turns:
+                result, state = engine.begin_turns(
+                    [episodes[i].token_ids for i in running], mode, generator
+                )
+            else:
+                rows = [previous.index(i) for i in running]
+                feedback = [episodes[i].turns[-1].feedback_ids for i in running]
+                result = engine.next_turn(state, rows, feedback, generator)
             positions += result.backbone_positions()
             for row, i in enumerate(running):
                 take_turn(episodes[i], environments[i], result, row, engine, config)
+            previous = running
             running = [i for i in running if not fits_or_ends(episodes[i], engine, config)]
     finally:
         for env, record in zip(environments, records, strict=True):

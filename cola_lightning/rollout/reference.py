@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from cola_lightning.models.cola import CoLAModel
-from cola_lightning.rollout.engine import prompt_codes
+from cola_lightning.rollout.decoding import prompt_codes
 from cola_lightning.rollout.rl_maths import left_pad, position_ids
 from cola_lightning.rollout.sampling import Sampler
 

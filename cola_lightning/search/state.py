@@ -18,7 +18,8 @@ import torch
 from transformers import DynamicCache
 
 from cola_lightning.models.cola import CoLAModel
-from cola_lightning.rollout.engine import GenerationConfig, _DecodeState, left_pad, prefill_prompt
+from cola_lightning.rollout.decoding import DecodeState, prefill_prompt
+from cola_lightning.rollout.engine import GenerationConfig, left_pad
 from cola_lightning.rollout.kv_cache import left_padded_cache
 from cola_lightning.rollout.sampling import Sampler
 
@@ -106,7 +107,7 @@ class _ForcedChoice(Sampler):
         return self.tokens
 
 
-class _ForkableState(_DecodeState):
+class _ForkableState(DecodeState):
     """The engine's decode state, started from node states, with a Q-model cache beside.
 
     It reuses the engine's `advance` (which extends the world model's cache, inject form) and
@@ -135,10 +136,7 @@ class _ForkableState(_DecodeState):
         self._start_bookkeeping(len(nodes), device)
 
     def _start_bookkeeping(self, batch: int, device: torch.device) -> None:
-        self.done = torch.zeros(batch, dtype=torch.bool, device=device)
-        self.finish = ["length"] * batch
-        self.tokens, self.token_logprobs, self.codes, self.code_logprobs = [], [], [], []
-        self.lengths = torch.zeros(batch, dtype=torch.long, device=device)
+        super()._start_bookkeeping(batch, device)
         self.snapshot = {"hidden": self.hidden[:, 0].clone()}
         if self.latent:
             self.snapshot["policy_last"] = self.policy_last.clone()

@@ -2,7 +2,8 @@
 
     PYTHONPATH=$PWD python experiments/search/run.py \
       --init-from /work/main/checkpoints/quickstart/action_guided_reclone/last.ckpt \
-      --q-from checkpoints/quickstart/q_learning/last.ckpt --problems 100 --minutes 40
+      --q-from checkpoints/quickstart/q_learning/last.ckpt --problems 100 --minutes 40 \
+      [--start 0 --threads 2 --runs greedy,mcts_q@3 --out experiments/search]
 
 Loads the quickstart CoLA model and its Q-model once, then for each held-out problem (seed 2, the
 val split of configs/quickstart/search.yaml) runs every method at every budget with the
@@ -84,13 +85,15 @@ def main() -> None:
     parser.add_argument("--q-from", default=None)
     parser.add_argument("--no-lora", action="store_true", help="a stage-1b checkpoint (no LoRA)")
     parser.add_argument("--problems", type=int, default=100)
+    parser.add_argument("--start", type=int, default=0, help="first problem (to split a sweep)")
+    parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--minutes", type=float, default=40.0)
     parser.add_argument("--runs", default=None, help="comma-separated labels (default: all)")
     parser.add_argument("--out", default="experiments/search")
     args = parser.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     module = load(args.init_from, args.q_from, lora=not args.no_lora)
-    records = problems(module, args.problems)
+    records = problems(module, args.start + args.problems)[args.start :]
     oracle = resolve_reward("arithmetic")
     scorer = Scorer(ScorerConfig(kind="agreement"))
     chosen = [r for r in RUNS if args.runs is None or r[0] in args.runs.split(",")]
@@ -100,9 +103,9 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     deadline = time.time() + 60 * args.minutes
     with out.open("a") as handle:
-        for index, record in enumerate(records):
+        for index, record in enumerate(records, start=args.start):
             if time.time() > deadline:
-                print(f"time limit: stopped after {index} problems")
+                print(f"time limit: stopped before problem {index}")
                 break
             for label, method, budget in chosen:
                 config = SearchConfig(method=method, **COMMON, **budget)

@@ -124,6 +124,43 @@ def test_cached_episode_equals_uncached_replay(model):
             done += count
 
 
+@pytest.mark.parametrize("mode", ["latent", "token"])
+def test_turn_cache_equals_prefilling_every_turn_and_computes_each_position_once(model, mode):
+    """Kept caches across turns give the episodes that prefilling each whole context gives,
+    with rows that stop early inside a turn (sampled bytes hit one of many stop strings) and an
+    episode that ends (context limit) while the other goes on."""
+    generation = GenerationConfig(
+        max_new_tokens=6,
+        code=Sampler(),
+        token=Sampler(temperature=2.0),
+        stop_strings=list("aeiou0123456789"),
+    )
+
+    def run(cache_turns: bool, max_context_tokens: int = 4096):
+        streams = [torch.Generator().manual_seed(i) for i in range(len(RECORDS))]
+        config = EpisodeConfig(3, max_context_tokens, FORMAT, cache_turns)
+        return run_episodes(model, byte_tokenizer(), generation, RECORDS, config, mode, streams)
+
+    first = [len(e.token_ids[: e.turns[1].start]) for e in run(False).episodes]
+    assert first[0] != first[1]
+    limit = max(first) + generation.max_new_tokens - 1  # the longer episode ends after a turn
+    cached, prefilled = run(True, limit), run(False, limit)
+    ended, went_on = sorted(len(e.turns) for e in cached.episodes)
+    assert ended == 1 and went_on >= 2
+    turns = [t for e in cached.episodes for t in e.turns]
+    assert any(len(t.generated) < 6 for t in turns) and any(len(t.generated) == 6 for t in turns)
+    for ours, reference in zip(cached.episodes, prefilled.episodes, strict=True):
+        assert ours.token_ids == reference.token_ids and ours.codes == reference.codes
+        logprobs = ours.code_logprobs if mode == "latent" else ours.token_logprobs
+        expected = reference.code_logprobs if mode == "latent" else reference.token_logprobs
+        torch.testing.assert_close(
+            torch.tensor(logprobs), torch.tensor(expected), atol=1e-4, rtol=0
+        )
+    once = sum(len(e.token_ids) - len(e.turns[-1].feedback_ids) - 1 for e in cached.episodes)
+    again = sum(t.start + len(t.generated) - 1 for e in prefilled.episodes for t in e.turns)
+    assert cached.backbone_positions() == once < again == prefilled.backbone_positions()
+
+
 def scripted_turn(model, generated_text: str, finish: str, episode: Episode, env):
     """One turn whose generated text is given (as a rollout of the engine would return it)."""
     tokenizer = byte_tokenizer()
