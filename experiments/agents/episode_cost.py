@@ -3,6 +3,9 @@
     python experiments/agents/episode_cost.py --environment household --tasks place heat_place
     python experiments/agents/episode_cost.py --environment scienceworld \
         --tasks find-living-thing find-non-living-thing --env-args '{"max_steps": 30}'
+    python experiments/agents/episode_cost.py --environment household --variations 40 \
+        --tasks place clean_place heat_place cool_place --env-args '{"gold": "search"}' \
+        --out experiments/agents/episode_cost_household_search.json
 
 Walks the gold actions of `--variations` training variations per task through the environment
 (the same code path stage 2's data takes) and writes experiments/agents/episode_cost_<env>.json:
@@ -54,11 +57,12 @@ def main() -> None:
     parser.add_argument("--tasks", nargs="+", required=True)
     parser.add_argument("--env-args", default="{}", help="the environment's arguments, as JSON")
     parser.add_argument("--variations", type=int, default=10)
+    parser.add_argument("--out", default=None, help="default: episode_cost_<environment>.json")
     args = parser.parse_args()
     tasks = AgentTasks(args.environment, json.loads(args.env_args), args.tasks, val_per_task=4)
     tokenizer = load_tokenizer("embedded:smollm2-135m")
     result = {task: task_cost(tasks, task, args.variations, tokenizer) for task in args.tasks}
-    out = Path(f"experiments/agents/episode_cost_{args.environment}.json")
+    out = Path(args.out or f"experiments/agents/episode_cost_{args.environment}.json")
     out.write_text(json.dumps(result, indent=1))
     print(json.dumps(result, indent=1))
 
