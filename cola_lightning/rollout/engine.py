@@ -66,6 +66,11 @@ def eval_mode(module: nn.Module):
             submodule.training = training
 
 
+def check_mode(mode: str) -> None:
+    if mode not in MODES:
+        raise ValueError(f"Unknown generation mode {mode!r}; use one of {MODES}.")
+
+
 def all_ranks_done(done: torch.Tensor, sharded: bool) -> bool:
     """Whether every row is done, on every rank when the model is sharded.
 
@@ -137,8 +142,7 @@ class Generator:
             generator: random generator for code and token sampling, or one per prompt.
             keep_states: return the backbone's states in `Rollout.states`.
         """
-        if mode not in MODES:
-            raise ValueError(f"Unknown generation mode {mode!r}; use one of {MODES}.")
+        check_mode(mode)
         if codes is not None and mode != "latent":
             raise ValueError("Forced codes need mode='latent'.")
         prompt_ids = self.encode(prompts)
@@ -157,8 +161,7 @@ class Generator:
     ) -> tuple[Rollout, DecodeState]:
         """The first turn of a multi-turn generation: as `generate`, and the state that
         `next_turn` continues."""
-        if mode not in MODES:
-            raise ValueError(f"Unknown generation mode {mode!r}; use one of {MODES}.")
+        check_mode(mode)
         with eval_mode(self.model):
             state = DecodeState(self, self.encode(prompts), mode == "latent", generator)
             self._decode(state)

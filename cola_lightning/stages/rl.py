@@ -122,6 +122,7 @@ class RLStage(CoLAStage):
         self.reward = CompositeReward(specs, fail_on_reward_error, reward_timeout_s)
         self.accuracy = CompositeReward([RewardSpec(accuracy_reward)], False, reward_timeout_s)
         self.generation = generation or self.default_generation()
+        self.check_sampled_actions()
         self.val_accuracy = MeanMetric()
         self.reference: torch.nn.Module | None = None
         self._step_tokens = 0
@@ -136,6 +137,18 @@ class RLStage(CoLAStage):
     @staticmethod
     def default_generation() -> GenerationConfig:
         return GenerationConfig(max_new_tokens=64)
+
+    def check_sampled_actions(self) -> None:
+        """Rollouts must sample what RL trains (codes, or tokens for the baseline): greedy
+        actions make every rollout of a prompt alike, so every group ties and nothing learns.
+        (A YAML `token: {temperature: 1.0}` keeps the default `greedy: true`.)"""
+        name = "code" if self.latent else "token"
+        if getattr(self.generation, name).greedy:
+            raise ValueError(
+                f"RL rollouts choose their {name}s greedily (generation.{name}.greedy is true): "
+                f"every rollout of a prompt would be the same. Set generation.{name}: "
+                "{greedy: false, temperature: 1.0}."
+            )
 
     @property
     def temperature(self) -> float:

@@ -383,3 +383,16 @@ def test_micro_batches_give_the_same_update_in_less_memory(stage_one_b_checkpoin
         )
     with pytest.raises(ValueError, match="micro_batch_size"):
         RLConfig(micro_batch_size=0)
+
+
+def test_greedy_rollout_actions_are_refused_with_the_setting_to_change():
+    """A YAML `token: {temperature: 1.0}` keeps the default greedy token sampler: token RL
+    would then roll out one episode per prompt G times, and every group would tie."""
+    greedy_tokens = GenerationConfig(token=Sampler(greedy=True, temperature=1.0))
+    with pytest.raises(ValueError, match=r"greedily \(generation.token.greedy is true\)"):
+        TokenRLModule(tiny_spec(), cola=TINY_COLA, generation=greedy_tokens)
+    with pytest.raises(ValueError, match=r"generation.code.greedy is true"):
+        LatentRLModule(
+            tiny_spec(), cola=TINY_COLA, generation=GenerationConfig(code=Sampler(greedy=True))
+        )
+    TokenRLModule(tiny_spec(), cola=TINY_COLA, generation=GenerationConfig(token=Sampler()))
