@@ -83,7 +83,7 @@ def write_config(tmp_path, base: str, name: str, devices: int) -> str:
     sampler = "code" if "latent" in base else "token"
     args["generation"] = {
         "max_new_tokens": 8,
-        sampler: {"temperature": 1.0},
+        sampler: {"greedy": False, "temperature": 1.0},
         "stop_strings": list("0123456789 abcdefghijklmnop"),  # uneven lengths per rank
     }
     config["data"] = {
