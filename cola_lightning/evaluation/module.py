@@ -39,7 +39,12 @@ from cola_lightning.models.steps import next_token_pairs
 from cola_lightning.rewards import countdown
 from cola_lightning.rewards import math as math_reward
 from cola_lightning.rewards.registry import CompositeReward, RewardSpec
-from cola_lightning.rollout.engine import MODES, GenerationConfig, Generator
+from cola_lightning.rollout.engine import (
+    MODES,
+    GenerationConfig,
+    Generator,
+    require_sampled_actions,
+)
 from cola_lightning.rollout.sampling import Sampler
 from cola_lightning.stages.base import CoLAStage
 from cola_lightning.stages.losses import target_mask
@@ -65,7 +70,8 @@ class EvaluationModule(CoLAStage):
         mode: ``latent`` (policy + world model) or ``token`` (the plain backbone) for generation
             and for multiple-choice scoring. Perplexity always reports both.
         generation: lengths, stop strings and the samplers of the `samples` completions; the
-            greedy completion uses greedy codes and tokens.
+            greedy completion uses greedy codes and tokens. The samples must sample the mode's
+            actions: codes in latent mode (tokens greedy, as published), tokens in token mode.
         samples: sampled completions per prompt (0: greedy only).
         ks: the k of pass@k and maj@k (each at most `samples`); None means 1 and `samples`.
         accuracy_reward: the reward that grades a completion (score >= 0.5 is correct), as RL's.
@@ -102,6 +108,9 @@ class EvaluationModule(CoLAStage):
             raise ValueError(f"Every k in ks={self.ks} must lie in [1, samples={samples}].")
         self.mode, self.samples, self.sampling_seed = mode, samples, sampling_seed
         self.generation = generation or GenerationConfig()
+        if samples:
+            consequence = f"the {samples} samples of a prompt would all be its greedy completion"
+            require_sampled_actions(self.generation, mode, consequence)
         self.accuracy_reward, self.confidence = accuracy_reward, confidence
         self.grade = CompositeReward([RewardSpec(accuracy_reward)], False)
         self.results_file = results_file

@@ -30,7 +30,15 @@ from cola_lightning.rollout.decoding import DecodeState, Rollout
 from cola_lightning.rollout.rl_maths import left_pad
 from cola_lightning.rollout.sampling import Sampler
 
-__all__ = ["MODES", "GenerationConfig", "Generator", "Rollout", "eval_mode", "left_pad"]
+__all__ = [
+    "MODES",
+    "GenerationConfig",
+    "Generator",
+    "Rollout",
+    "eval_mode",
+    "left_pad",
+    "require_sampled_actions",
+]
 
 MODES = ("latent", "token")
 
@@ -69,6 +77,27 @@ def eval_mode(module: nn.Module):
 def check_mode(mode: str) -> None:
     if mode not in MODES:
         raise ValueError(f"Unknown generation mode {mode!r}; use one of {MODES}.")
+
+
+def require_sampled_actions(config: GenerationConfig, mode: str, consequence: str) -> None:
+    """Refuses a config that picks a mode's actions greedily where they must be sampled.
+
+    The actions are the codes in latent mode and the tokens in token mode. A YAML
+    `token: {temperature: 1.0}` keeps the token sampler's default `greedy: true`, which silently
+    makes every sample of a prompt the greedy completion.
+
+    Args:
+        config: the generation settings to check.
+        mode: ``latent`` or ``token``.
+        consequence: what greedy actions would do here, for the message.
+    """
+    check_mode(mode)
+    name = "code" if mode == "latent" else "token"
+    if getattr(config, name).greedy:
+        raise ValueError(
+            f"{mode.capitalize()}-mode {name}s are chosen greedily (generation.{name}.greedy is "
+            f"true): {consequence}. Set generation.{name}: {{greedy: false, temperature: 1.0}}."
+        )
 
 
 def all_ranks_done(done: torch.Tensor, sharded: bool) -> bool:

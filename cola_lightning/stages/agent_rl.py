@@ -88,10 +88,6 @@ class AgentRLStage(RLStage):
         self.pool = EnvironmentPool()
         self._step_episodes: list[EpisodeBatch] = []
 
-    @property
-    def mode(self) -> str:
-        return "latent" if self.latent else "token"
-
     def run(self, records: list[dict], config: GenerationConfig) -> EpisodeBatch:
         """One episode per record, each sampling from its own random stream."""
         streams = self.streams([episode_key(r) for r in records])

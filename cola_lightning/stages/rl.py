@@ -21,7 +21,7 @@ from cola_lightning.models.cola import CoLAConfig
 from cola_lightning.models.sharding import ShardingConfig, frozen_copy
 from cola_lightning.rewards.registry import CompositeReward, RewardSpec
 from cola_lightning.rollout import rl_maths
-from cola_lightning.rollout.engine import GenerationConfig, Generator
+from cola_lightning.rollout.engine import GenerationConfig, Generator, require_sampled_actions
 from cola_lightning.rollout.rl_maths import ActionBatch, action_batch
 from cola_lightning.rollout.sampling import Sampler, prompt_streams
 from cola_lightning.stages.base import CoLAStage
@@ -122,7 +122,10 @@ class RLStage(CoLAStage):
         self.reward = CompositeReward(specs, fail_on_reward_error, reward_timeout_s)
         self.accuracy = CompositeReward([RewardSpec(accuracy_reward)], False, reward_timeout_s)
         self.generation = generation or self.default_generation()
-        self.check_sampled_actions()
+        # Greedy actions make every rollout of a prompt alike: every group ties, nothing learns.
+        require_sampled_actions(
+            self.generation, self.mode, "every rollout of a prompt would be the same"
+        )
         self.val_accuracy = MeanMetric()
         self.reference: torch.nn.Module | None = None
         self._step_tokens = 0
@@ -138,17 +141,10 @@ class RLStage(CoLAStage):
     def default_generation() -> GenerationConfig:
         return GenerationConfig(max_new_tokens=64)
 
-    def check_sampled_actions(self) -> None:
-        """Rollouts must sample what RL trains (codes, or tokens for the baseline): greedy
-        actions make every rollout of a prompt alike, so every group ties and nothing learns.
-        (A YAML `token: {temperature: 1.0}` keeps the default `greedy: true`.)"""
-        name = "code" if self.latent else "token"
-        if getattr(self.generation, name).greedy:
-            raise ValueError(
-                f"RL rollouts choose their {name}s greedily (generation.{name}.greedy is true): "
-                f"every rollout of a prompt would be the same. Set generation.{name}: "
-                "{greedy: false, temperature: 1.0}."
-            )
+    @property
+    def mode(self) -> str:
+        """The generation mode of the rollouts: what RL trains chooses the actions."""
+        return "latent" if self.latent else "token"
 
     @property
     def temperature(self) -> float:
@@ -198,9 +194,8 @@ class RLStage(CoLAStage):
         """
         engine = Generator(self.model, self.tokenizer, config)
         prompts = [r["prompt"] for r in records]
-        mode = "latent" if self.latent else "token"
         result = engine.generate(
-            prompts, mode, generator=self.streams(prompts), keep_states=keep_states
+            prompts, self.mode, generator=self.streams(prompts), keep_states=keep_states
         )
         rewards, errors = self.reward([r["prompt"] for r in records], result.texts, records)
         return result, rewards.to(self.device), errors
@@ -338,7 +333,7 @@ class RLStage(CoLAStage):
 
     def validation_step(self, batch: list[dict], batch_idx: int) -> None:
         engine = Generator(self.model, self.tokenizer, self.greedy_config())
-        result = engine.generate([r["prompt"] for r in batch], "latent" if self.latent else "token")
+        result = engine.generate([r["prompt"] for r in batch], self.mode)
         scores, _ = self.accuracy([r["prompt"] for r in batch], result.texts, batch)
         self.val_accuracy.update((scores >= 0.5).float())
         self.log(

@@ -166,3 +166,20 @@ def test_bad_settings_are_named(stage_one_b_checkpoint, tmp_path):
         stage(stage_one_b_checkpoint[0], tmp_path, samples=4, ks=[8])
     with pytest.raises(ValueError, match="Unknown mode"):
         stage(stage_one_b_checkpoint[0], tmp_path, mode="beam")
+
+
+def test_samples_must_sample_the_modes_actions(stage_one_b_checkpoint, tmp_path):
+    """Token-mode samples drawn with greedy tokens would all be the greedy completion (pass@k =
+    greedy): refused with the setting to change. Latent mode samples codes with greedy tokens."""
+    greedy_tokens = GenerationConfig(token=Sampler(greedy=True, temperature=1.0))
+    with pytest.raises(ValueError, match=r"generation.token: \{greedy: false"):
+        stage(
+            stage_one_b_checkpoint[0], tmp_path, mode="token", samples=4, generation=greedy_tokens
+        )
+    greedy_codes = GenerationConfig(code=Sampler(greedy=True))
+    with pytest.raises(ValueError, match=r"4 samples of a prompt would all be its greedy"):
+        stage(
+            stage_one_b_checkpoint[0], tmp_path, mode="latent", samples=4, generation=greedy_codes
+        )
+    module = stage(stage_one_b_checkpoint[0], tmp_path, samples=4, generation=greedy_tokens)
+    assert module.generation.token.greedy and not module.generation.code.greedy
