@@ -46,6 +46,11 @@ def run_name(args: argparse.Namespace) -> str:
     return f"rlx_{label(args)}_lr{args.lr}_s{args.seed}"
 
 
+def run_key(run: dict) -> str:
+    """The run's log name, from a learning.json entry."""
+    return f"rlx_{run['kind']}_lr{run['lr']}_s{run['seed']}"
+
+
 def overrides(args: argparse.Namespace) -> list[str]:
     """The workload, as command-line overrides of configs/quickstart/<kind>_rl.yaml."""
     name = run_name(args)
@@ -162,11 +167,28 @@ def measured_prompt_tokens(logdirs: list[Path]) -> float:
     return statistics.mean(values)
 
 
+def sampled_actions(logdir: Path) -> bool:
+    """Whether the run sampled the actions it trains, read from its own saved settings."""
+    import yaml
+
+    generation = yaml.safe_load((logdir / "hparams.yaml").read_text())["generation"]
+    return not generation["code" if "_latent_" in logdir.parent.name else "token"]["greedy"]
+
+
 def report() -> None:
-    """learning.json (every run, and per method the mean and spread over seeds) and the PNG."""
+    """learning.json (every run, and per method the mean and spread over seeds) and the PNG.
+
+    Runs whose logs this machine lacks are kept as the previous learning.json has them; a run
+    that is in both is replaced by its logs.
+    """
+    output_file = OUT / "learning.json"
+    previous = json.loads(output_file.read_text()) if output_file.exists() else {"runs": []}
     logdirs = {d.name: latest(d.name) for d in sorted(LOGS.glob("rlx_*_s*"))}
-    prompt_tokens = measured_prompt_tokens(list(logdirs.values()))
-    runs = []
+    latent_logs = [d for d in logdirs.values() if "_latent_" in str(d)]
+    prompt_tokens = (
+        measured_prompt_tokens(latent_logs) if latent_logs else previous["prompt_tokens_mean"]
+    )
+    runs = [r for r in previous["runs"] if run_key(r) not in logdirs]
     for name, logdir in logdirs.items():
         kind, lr, seed = name.removeprefix("rlx_").split("_")
         before = read_events(latest(f"rlx_{kind}_before")).Scalars("val/accuracy")[-1].value
@@ -174,6 +196,7 @@ def report() -> None:
             "kind": kind,
             "lr": lr[2:],
             "seed": int(seed[1:]),
+            "sampled_actions": sampled_actions(logdir),
             **curves(logdir, prompt_tokens),
         }
         start = {"step": 0, "seconds": 0.0, "accuracy": round(before, 4), "backbone_tokens": 0}
@@ -193,7 +216,7 @@ def report() -> None:
             "accuracy_after_spread": round(max(finals) - min(finals), 4),
         }
     output = {"prompt_tokens_mean": round(prompt_tokens, 1), "summary": summary, "runs": runs}
-    (OUT / "learning.json").write_text(json.dumps(output, indent=1))
+    output_file.write_text(json.dumps(output, indent=1))
     plot(runs)
 
 
@@ -220,6 +243,8 @@ def plot(runs: list[dict]) -> None:
                 ]
             style = "-" if run["kind"] == "latent" else "--"
             name = f"{run['kind']} GRPO lr {run['lr']} seed {run['seed']}"
+            if not run["sampled_actions"]:
+                name += " (greedy rollouts: config bug)"
             axis.plot(
                 [p[x] for p in points],
                 ys,
