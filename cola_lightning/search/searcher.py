@@ -6,16 +6,24 @@ method spends its compute through one `TreeDecoder`, so the cost fields are comp
 
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import dataclass, field
+from functools import partial
 
 import torch
 
 from cola_lightning.models.cola import CoLAModel
 from cola_lightning.rollout.sampling import Sampler
 from cola_lightning.search.config import SearchConfig
+from cola_lightning.search.lockstep import Lockstep
 from cola_lightning.search.scorers import Scorer
-from cola_lightning.search.state import Continuation, SearchCost, TreeDecoder
+from cola_lightning.search.state import (
+    Continuation,
+    SearchCost,
+    TreeDecoder,
+    continue_requests,
+)
 from cola_lightning.search.tree import Node
 
 
@@ -32,7 +40,7 @@ class SearchResult:
 
 
 class Searcher:
-    """Runs the configured search for one problem at a time.
+    """Runs the configured search for one problem (`search`) or several at once (`search_many`).
 
     Args:
         model: the CoLA model.
@@ -67,14 +75,21 @@ class Searcher:
         self.stop_strings = list(stop_strings or [])
 
     def search(
-        self, prompt: str, record: dict, generator: torch.Generator | None = None
+        self,
+        prompt: str,
+        record: dict,
+        generator: torch.Generator | None = None,
+        lockstep: Lockstep | None = None,
     ) -> SearchResult:
-        """Searches for a response to `prompt`; `record` holds the task fields (gold answer)."""
+        """Searches for a response to `prompt`; `record` holds the task fields (gold answer).
+
+        `lockstep` batches this search's decodes with other searches' (`search_many`).
+        """
         from cola_lightning.search import mcts
 
         started = time.perf_counter()
         self.decoder = TreeDecoder(
-            self.model, self.tokenizer, self.q_model, self.stop_strings, stop_at_eos=True
+            self.model, self.tokenizer, self.q_model, self.stop_strings, True, lockstep=lockstep
         )
         self.prompt, self.record, self.generator, self.history = prompt, record, generator, []
         prompt_ids = self.tokenizer(prompt, add_special_tokens=False).input_ids
@@ -89,6 +104,30 @@ class Searcher:
         result.cost.wall_s = time.perf_counter() - started
         result.rollouts = list(self.history)
         return result
+
+    def search_many(
+        self,
+        prompts: list[str],
+        records: list[dict],
+        generators: list[torch.Generator | None] | None = None,
+    ) -> list[SearchResult]:
+        """One search per prompt, all at once: their decodes run as shared batches.
+
+        Each result equals that of `search` alone with the same generator (the batch changes
+        only the padding), cost fields included; `wall_s` is the batch's wall time divided
+        evenly among its problems.
+        """
+        generators = generators or [None] * len(prompts)
+        started = time.perf_counter()
+        lockstep = Lockstep(continue_requests)
+        jobs = [
+            partial(copy.copy(self).search, prompt, record, generator, lockstep)
+            for prompt, record, generator in zip(prompts, records, generators, strict=True)
+        ]
+        results = lockstep.run(jobs)
+        for result in results:
+            result.cost.wall_s = (time.perf_counter() - started) / len(results)
+        return results
 
     # -- shared pieces ---------------------------------------------------------------------------
 

@@ -1,13 +1,11 @@
 """Generation states that a search tree can fork, and the batched decoding that continues them.
 
-A node's caches are stored as a chain of segments, one per edge from the root: each segment holds
-only the key/value rows its own edge computed (backbone, policy, Q-model and, in the inject form,
-world-model caches). A child's chain is its parent's chain plus one segment, so forking copies
-nothing and recomputes nothing; continuing a batch of nodes concatenates each chain into one
-left-padded cache, exactly the layout the engine's own prompts have. The world model's cache is
-filled as the engine's is: the prompt's positions with the inverse dynamics model's codes, each
-generated position with the code chosen for it. `TreeDecoder.cost` counts every backbone position
-computed.
+A node holds its caches as a chain of segments (`segments.py`), so forking copies nothing and
+recomputes nothing. Continuing a batch of nodes concatenates each chain into one left-padded
+cache, exactly the layout the engine's own prompts have. The world model's cache is filled as the
+engine's is: the prompt's positions with the inverse dynamics model's codes, each generated
+position with the code chosen for it. `TreeDecoder.cost` counts every backbone position computed;
+several searches' continuations can run as one batch (`Lockstep`), each charged its own.
 """
 
 from __future__ import annotations
@@ -15,29 +13,20 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-from transformers import DynamicCache
 
 from cola_lightning.models.cola import CoLAModel
 from cola_lightning.rollout.decoding import DecodeState, prefill_prompt
 from cola_lightning.rollout.engine import GenerationConfig, left_pad
-from cola_lightning.rollout.kv_cache import left_padded_cache
 from cola_lightning.rollout.sampling import Sampler
-
-CACHES = ("backbone", "policy", "q", "world_model")
-# The world model's cache (inject form) lags the others by one position: a position enters it with
-# its code, and the last token's code is chosen only when the next token is.
-LAG = {"world_model": 1}
-
-
-@dataclass
-class Segment:
-    """The cache rows one edge added: cache name -> per layer (keys, values), each (H, n, hd).
-
-    `length` counts the backbone's rows; the world model's root segment has one row fewer (`LAG`).
-    """
-
-    kv: dict[str, list[tuple[torch.Tensor, torch.Tensor]]]
-    length: int
+from cola_lightning.search.lockstep import Lockstep
+from cola_lightning.search.segments import (
+    CACHES,
+    LAG,
+    Segment,
+    batched_cache,
+    empty_kv,
+    row_kv,
+)
 
 
 @dataclass
@@ -119,7 +108,7 @@ class _ForkableState(DecodeState):
     def __init__(self, decoder: TreeDecoder, nodes: list[NodeState], config, latent, generator):
         self.model, self.config, self.generator = decoder.model, config, generator
         self.tokenizer, self.latent, self.q_model = decoder.tokenizer, latent, decoder.q_model
-        self.cost, self.prompt_ids = decoder.cost, [[] for _ in nodes]
+        self.prompt_ids = [[] for _ in nodes]
         device = nodes[0].hidden.device
         lengths = [n.length for n in nodes]
         self.width = width = max(lengths)
@@ -127,7 +116,7 @@ class _ForkableState(DecodeState):
         for row, n in enumerate(lengths):
             self.mask[row, width - n :] = 1
         self.positions = torch.tensor(lengths, device=device)[:, None] - 1
-        caches = [_batched_cache(nodes, name, width - LAG.get(name, 0)) for name in CACHES]
+        caches = [batched_cache(nodes, name, width - LAG.get(name, 0)) for name in CACHES]
         self.backbone_cache, self.policy_cache, self.q_cache, self.world_model_cache = caches
         self.hidden = torch.stack([n.hidden for n in nodes])[:, None]
         if latent:
@@ -149,15 +138,12 @@ class _ForkableState(DecodeState):
         self.live = ~self.done
         q_before = self.q_last
         super().advance(forced_code)
-        if self.latent:
-            self.cost.world_model_evals += int(self.live.sum())
         if q_before is not None and self.latent:
             taken = q_before.gather(-1, self.codes[-1][:, None])[:, 0].float()
             self.q_taken = torch.where(self.live, taken, self.q_taken)
 
     def feed_last_token(self) -> None:
         super().feed_last_token()
-        self.cost.backbone_tokens += self.hidden.shape[0]
         if self.q_model is not None:
             q, self.q_cache = self.q_model(
                 self.hidden, self.mask, self.positions, self.q_cache, use_cache=True
@@ -180,39 +166,8 @@ class _ForkableState(DecodeState):
         for name, cache in zip(CACHES, caches, strict=True):
             if cache is not None:
                 begin = start - LAG.get(name, 0)
-                kv[name] = _row_kv(cache, row, begin, begin + length)
+                kv[name] = row_kv(cache, row, begin, begin + length)
         return Segment(kv, length)
-
-
-def _row_kv(cache: DynamicCache, row: int, start: int, stop: int | None) -> list[tuple]:
-    """Row `row`'s columns [start, stop) of every layer, copied out: (keys, values) (H, n, hd)."""
-    return [
-        (layer.keys[row, :, start:stop].clone(), layer.values[row, :, start:stop].clone())
-        for layer in cache.layers
-    ]
-
-
-def _empty_kv(model: CoLAModel, like: torch.Tensor) -> list[tuple]:
-    """Zero-length (keys, values) for each world-model layer: the cache of a one-token prompt."""
-    config = model.world_model.config
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-    empty = like.new_zeros(config.num_key_value_heads, 0, head_dim)
-    return [(empty, empty)] * config.num_hidden_layers
-
-
-def _chain_kv(node: NodeState, name: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """The node's whole `name` cache, per layer (keys, values): its segments concatenated."""
-    per_layer = zip(*(segment.kv[name] for segment in node.chain), strict=True)
-    return [
-        tuple(torch.cat(parts, dim=1) for parts in zip(*layer, strict=True)) for layer in per_layer
-    ]
-
-
-def _batched_cache(nodes: list[NodeState], name: str, width: int) -> DynamicCache | None:
-    """One left-padded cache from each node's chain of segments (None if nodes have none)."""
-    if name not in nodes[0].chain[0].kv:
-        return None
-    return left_padded_cache([_chain_kv(node, name) for node in nodes], width)
 
 
 @dataclass
@@ -225,6 +180,7 @@ class TreeDecoder:
         q_model: the Q-model, or None; its cache rides along with the others.
         stop_strings: a text also ends once its new tokens contain one of these.
         stop_at_eos: a text ends at EOS.
+        lockstep: batches this decoder's continuations with other searches' (None: alone).
     """
 
     model: CoLAModel
@@ -233,6 +189,7 @@ class TreeDecoder:
     stop_strings: list[str] = field(default_factory=list)
     stop_at_eos: bool = True
     cost: SearchCost = field(default_factory=SearchCost)
+    lockstep: Lockstep | None = None
 
     def config(self, code: Sampler, token: Sampler) -> GenerationConfig:
         return GenerationConfig(
@@ -271,9 +228,9 @@ class TreeDecoder:
             # Every cache is left-padded alike (the world model's just ends a column earlier);
             # prompts of one token leave the world model's cache empty (no layer filled).
             kv = {
-                name: _row_kv(cache, row, start, None)
+                name: row_kv(cache, row, start, None)
                 if cache.get_seq_length()
-                else _empty_kv(self.model, hidden)
+                else empty_kv(self.model, hidden)
                 for name, cache in caches.items()
             }
             nodes.append(
@@ -287,7 +244,6 @@ class TreeDecoder:
             )
         return nodes
 
-    @torch.no_grad()  # not inference_mode: FSDP2 cannot gather parameters inside it
     def continue_states(
         self,
         nodes: list[NodeState],
@@ -301,6 +257,9 @@ class TreeDecoder:
     ) -> list[Continuation]:
         """Continues every node by up to `limits[i]` tokens, all in one batch.
 
+        Under a `Lockstep` (several searches at once) the call waits and runs in one batch with
+        the other searches' calls; the result is the same.
+
         Args:
             nodes: the states to continue (none may be finished).
             limits: most new tokens per node (>= 1).
@@ -309,55 +268,19 @@ class TreeDecoder:
             latent: policy + world model, or the plain backbone's tokens.
             first_codes: force each row's first code (latent).
             first_tokens: force each row's first token (the branch token of token-level search).
-            generator: random generator for sampling.
+            generator: random generator for sampling; the rows draw from it one after another.
         """
         if any(n.finished for n in nodes):
             raise ValueError("A finished text cannot be continued.")
         if min(limits) < 1:
             raise ValueError(f"Every continuation needs a limit >= 1, got {limits}.")
         code, token = code or Sampler(greedy=True), token or Sampler(greedy=True)
-        state = _ForkableState(self, nodes, self.config(code, token), latent, generator)
-        device = state.hidden.device
-        limit = torch.tensor(limits, device=device)
-        for step in range(max(limits)):
-            forced = None
-            if step == 0 and first_codes is not None:
-                forced = torch.tensor(first_codes, device=device)
-            if step == 0 and first_tokens is not None:
-                state.config.token = _ForcedChoice(token, torch.tensor(first_tokens, device=device))
-            state.advance(forced)
-            state.config.token = token
-            stopped = state.done.clone()
-            state.done |= state.lengths >= limit
-            # feed the last tokens unless every row has ended its text (nothing to continue)
-            if bool(stopped.all()):
-                break
-            state.feed_last_token()
-            if bool(state.done.all()):
-                break
-        return [self._row(state, row, node) for row, node in enumerate(nodes)]
-
-    def _row(self, state: _ForkableState, row: int, node: NodeState) -> Continuation:
-        n = int(state.lengths[row])
-        tokens = [int(t[row]) for t in state.tokens[:n]]
-        finished = state.finish[row] in ("eos", "stop")
-        child = NodeState(
-            generated=node.generated + tokens,
-            chain=node.chain if finished else node.chain + [state.segment(row, state.width, n)],
-            hidden=state.snapshot["hidden"][row].clone(),
-            policy_last=state.snapshot.get("policy_last", [None] * (row + 1))[row],
-            q_last=state.snapshot.get("q_last", [None] * (row + 1))[row],
-            finished=finished,
+        request = ContinueRequest(
+            self, nodes, limits, code, token, latent, first_codes, first_tokens, generator
         )
-        return Continuation(
-            tokens=tokens,
-            codes=[int(c[row]) for c in state.codes[:n]],
-            code_logprobs=[float(c[row]) for c in state.code_logprobs[:n]],
-            token_logprobs=[float(t[row]) for t in state.token_logprobs[:n]],
-            finish=state.finish[row],
-            state=child,
-            q_taken=float(state.q_taken[row]) if state.q_model is not None else None,
-        )
+        if self.lockstep is not None:
+            return self.lockstep.submit(request)
+        return continue_together([request])[0]
 
     @torch.no_grad()  # not inference_mode: FSDP2 cannot gather parameters inside it
     def candidate_tokens(self, node: NodeState, codes: list[int]) -> list[int]:
@@ -366,10 +289,123 @@ class TreeDecoder:
         In the inject form every candidate reads the node's world-model cache as a shared prefix.
         """
         codes_t = torch.tensor([codes], device=node.hidden.device)
-        prefix = _batched_cache([node], "world_model", node.length - LAG["world_model"])
+        prefix = batched_cache([node], "world_model", node.length - LAG["world_model"])
         logits = self.model.candidate_logits(node.hidden[None, None], codes_t, prefix)[0]
         self.cost.world_model_evals += len(codes)
         return logits.argmax(-1).tolist()
 
     def text(self, tokens: list[int]) -> str:
         return self.tokenizer.decode(tokens, skip_special_tokens=True)
+
+
+@dataclass
+class ContinueRequest:
+    """One `TreeDecoder.continue_states` call, as data, so calls can be merged into one batch."""
+
+    decoder: TreeDecoder
+    nodes: list[NodeState]
+    limits: list[int]
+    code: Sampler
+    token: Sampler
+    latent: bool
+    first_codes: list[int] | None
+    first_tokens: list[int] | None
+    generator: torch.Generator | None
+
+    def batch_key(self) -> tuple:
+        """Requests with equal keys can run as one batch: one model, samplers, mode, forcing."""
+        forcing = (self.first_codes is None, self.first_tokens is None, self.generator is None)
+        return (id(self.decoder.model), repr(self.code), repr(self.token), self.latent, forcing)
+
+
+def continue_requests(requests: list[ContinueRequest]) -> list[list[Continuation]]:
+    """Each request's continuations, running the requests that can share a batch as one."""
+    groups: dict[tuple, list[int]] = {}
+    for index, request in enumerate(requests):
+        groups.setdefault(request.batch_key(), []).append(index)
+    results: list[list[Continuation]] = [[] for _ in requests]
+    for indices in groups.values():
+        merged = continue_together([requests[i] for i in indices])
+        for index, continuations in zip(indices, merged, strict=True):
+            results[index] = continuations
+    return results
+
+
+@torch.no_grad()  # not inference_mode: FSDP2 cannot gather parameters inside it
+def continue_together(requests: list[ContinueRequest]) -> list[list[Continuation]]:
+    """Continues the nodes of requests with one batch key as one batch.
+
+    Each request's decoder is charged what its rows would have cost alone: its world-model
+    evaluations, and a backbone position per row for every step its own call would have run
+    (until its rows all end), so the cost fields do not depend on what shared the batch.
+    """
+    first = requests[0]
+    nodes = [node for r in requests for node in r.nodes]
+    generators = (
+        None if first.generator is None else [r.generator for r in requests for _ in r.nodes]
+    )
+    config = first.decoder.config(first.code, first.token)
+    state = _ForkableState(first.decoder, nodes, config, first.latent, generators)
+    device = state.hidden.device
+    limit = torch.tensor([n for r in requests for n in r.limits], device=device)
+    spans, start = [], 0
+    for r in requests:
+        spans.append(slice(start, start + len(r.nodes)))
+        start += len(r.nodes)
+    active = [True] * len(requests)
+    for step in range(int(limit.max())):
+        forced = None
+        if step == 0 and first.first_codes is not None:
+            forced = torch.tensor([c for r in requests for c in r.first_codes], device=device)
+        if step == 0 and first.first_tokens is not None:
+            tokens = torch.tensor([t for r in requests for t in r.first_tokens], device=device)
+            state.config.token = _ForcedChoice(first.token, tokens)
+        state.advance(forced)
+        state.config.token = first.token
+        stopped = state.done.clone()
+        state.done |= state.lengths >= limit
+        for index, (request, span) in enumerate(zip(requests, spans, strict=True)):
+            if first.latent:
+                request.decoder.cost.world_model_evals += int(state.live[span].sum())
+            active[index] &= not bool(stopped[span].all())
+        # feed the last tokens unless every row has ended its text (nothing to continue)
+        if bool(stopped.all()):
+            break
+        state.feed_last_token()
+        for index, (request, span) in enumerate(zip(requests, spans, strict=True)):
+            if active[index]:
+                request.decoder.cost.backbone_tokens += len(request.nodes)
+                active[index] = not bool(state.done[span].all())
+        if bool(state.done.all()):
+            break
+    return [
+        [
+            _continuation(state, row, node)
+            for row, node in zip(range(span.start, span.stop), r.nodes, strict=True)
+        ]
+        for r, span in zip(requests, spans, strict=True)
+    ]
+
+
+def _continuation(state: _ForkableState, row: int, node: NodeState) -> Continuation:
+    """Row `row` of a finished batch: what it generated, and the child state it reached."""
+    n = int(state.lengths[row])
+    tokens = [int(t[row]) for t in state.tokens[:n]]
+    finished = state.finish[row] in ("eos", "stop")
+    child = NodeState(
+        generated=node.generated + tokens,
+        chain=node.chain if finished else node.chain + [state.segment(row, state.width, n)],
+        hidden=state.snapshot["hidden"][row].clone(),
+        policy_last=state.snapshot.get("policy_last", [None] * (row + 1))[row],
+        q_last=state.snapshot.get("q_last", [None] * (row + 1))[row],
+        finished=finished,
+    )
+    return Continuation(
+        tokens=tokens,
+        codes=[int(c[row]) for c in state.codes[:n]],
+        code_logprobs=[float(c[row]) for c in state.code_logprobs[:n]],
+        token_logprobs=[float(t[row]) for t in state.token_logprobs[:n]],
+        finish=state.finish[row],
+        state=child,
+        q_taken=float(state.q_taken[row]) if state.q_model is not None else None,
+    )

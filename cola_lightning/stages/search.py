@@ -85,14 +85,17 @@ class SearchModule(CoLAStage):
         self.rows = []
 
     def predict_step(self, batch: list[dict], batch_idx: int) -> list[dict]:
-        rows = [self.search_one(record) for record in batch]
+        """Searches the batch's problems at once: their decodes share batches (`search_many`)."""
+        prompts = [record["prompt"] for record in batch]
+        # a stream per problem: its tree does not depend on the batch or rank it is searched in
+        streams = prompt_streams(prompts, self.device, self.seed)
+        results = self.searcher.search_many(prompts, batch, streams)
+        rows = [self.row(record, result) for record, result in zip(batch, results, strict=True)]
         self.rows.extend(rows)
         return rows
 
-    def search_one(self, record: dict) -> dict:
-        # a stream per problem: its tree does not depend on the batch or rank it is searched in
-        (stream,) = prompt_streams([record["prompt"]], self.device, self.seed)
-        result = self.searcher.search(record["prompt"], record, stream)
+    def row(self, record: dict, result) -> dict:
+        """One output row: the answer, its score, its correctness (with a gold answer), the cost."""
         gold = record.get("answer")
         correct = None
         if gold is not None:

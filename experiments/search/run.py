@@ -3,12 +3,14 @@
     PYTHONPATH=$PWD python experiments/search/run.py \
       --init-from /work/main/checkpoints/quickstart/action_guided_reclone/last.ckpt \
       --q-from checkpoints/quickstart/q_learning/last.ckpt --problems 100 --minutes 40 \
-      [--start 0 --threads 2 --runs greedy,mcts_q@3 --out experiments/search]
+      [--start 0 --threads 2 --batch 8 --runs greedy,mcts_q@3 --out experiments/search]
 
 Loads the quickstart CoLA model and its Q-model once, then for each held-out problem (seed 2, the
 val split of configs/quickstart/search.yaml) runs every method at every budget with the
 non-oracle agreement scorer, appending one row per (problem, method, budget) to
-`--out`/rows.jsonl as it goes (problems outer, so a time limit cuts whole problems). Each row also
+`--out`/rows.jsonl as it goes. `--batch` problems are searched at once (`Searcher.search_many`:
+their decodes share batches; each result is as searched alone, and `wall_s` is the batch's time
+over its problems); batches of problems are outer, so a time limit cuts whole batches. Each row also
 records the oracle pick: whether any rollout the search made is correct (an upper bound on any
 selection rule over those rollouts, labelled as an oracle). `summarize.py` makes the table and plot.
 """
@@ -87,6 +89,9 @@ def main() -> None:
     parser.add_argument("--problems", type=int, default=100)
     parser.add_argument("--start", type=int, default=0, help="first problem (to split a sweep)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--batch", type=int, default=8, help="problems searched at once (decodes batched)"
+    )
     parser.add_argument("--minutes", type=float, default=40.0)
     parser.add_argument("--runs", default=None, help="comma-separated labels (default: all)")
     parser.add_argument("--out", default="experiments/search")
@@ -103,32 +108,41 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     deadline = time.time() + 60 * args.minutes
     with out.open("a") as handle:
-        for index, record in enumerate(records, start=args.start):
+        for first in range(0, len(records), args.batch):
             if time.time() > deadline:
-                print(f"time limit: stopped before problem {index}")
+                print(f"time limit: stopped before problem {args.start + first}")
                 break
+            chunk = records[first : first + args.batch]
+            indices = range(args.start + first, args.start + first + len(chunk))
             for label, method, budget in chosen:
                 config = SearchConfig(method=method, **COMMON, **budget)
                 searcher = Searcher(
                     module.model, module.tokenizer, config, scorer, module.q_model, ["<|im_end|>"]
                 )
-                generator = torch.Generator().manual_seed(index)
-                result = searcher.search(record["prompt"], record, generator)
-                row = {
-                    "problem": index,
-                    "run": label,
-                    "method": method,
-                    "gold": str(record["answer"]),
-                    "correct": oracle(record["prompt"], result.response, record) >= 1.0,
-                    "oracle_pick_correct": any(
-                        oracle(record["prompt"], r, record) >= 1.0 for r in result.rollouts
-                    ),
-                    "score": result.score,
-                    "cost": result.cost.as_dict(),
-                }
-                handle.write(json.dumps(row) + "\n")
+                generators = [torch.Generator().manual_seed(i) for i in indices]
+                prompts = [r["prompt"] for r in chunk]
+                results = searcher.search_many(prompts, chunk, generators)
+                for index, record, result in zip(indices, chunk, results, strict=True):
+                    handle.write(json.dumps(row(index, label, method, record, result, oracle)))
+                    handle.write("\n")
                 handle.flush()
-            print(f"problem {index} done", flush=True)
+            print(f"problems {indices.start}-{indices.stop - 1} done", flush=True)
+
+
+def row(index: int, label: str, method: str, record: dict, result, oracle) -> dict:
+    """One output row: the answer's correctness, the oracle pick over the rollouts, the cost."""
+    return {
+        "problem": index,
+        "run": label,
+        "method": method,
+        "gold": str(record["answer"]),
+        "correct": oracle(record["prompt"], result.response, record) >= 1.0,
+        "oracle_pick_correct": any(
+            oracle(record["prompt"], r, record) >= 1.0 for r in result.rollouts
+        ),
+        "score": result.score,
+        "cost": result.cost.as_dict(),
+    }
 
 
 if __name__ == "__main__":

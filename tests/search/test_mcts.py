@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from cola_lightning.models.tokenizer import byte_tokenizer
+from cola_lightning.search import state as search_state
 from cola_lightning.search import tree
 from cola_lightning.search.config import SearchConfig
 from cola_lightning.search.q_model import QModel, QModelConfig
@@ -164,3 +165,36 @@ def test_best_of_n_samples_at_its_temperature(models, method, greedy, temperatur
     assert all(n.state.generated == reference for n in cold.tree.children)
     hot = search(models, method=method, **budget, **{temperature: 1.0})
     assert len({tuple(n.state.generated) for n in hot.tree.children}) == 3
+
+
+@pytest.mark.parametrize(
+    "method", ["mcts_q", "mcts", "mcts_token", "best_of_n_latent", "best_of_n_token", "greedy"]
+)
+def test_searching_several_problems_at_once_equals_searching_each_alone(
+    models, method, monkeypatch
+):
+    """search_many batches the problems' decodes; each tree, answer and cost is as alone."""
+    model, q_model = models
+    config = replace(BASE, method=method, rounds=4, chunk_tokens=2, max_chunks=2, samples=3)
+    scorer = Scorer(ScorerConfig(kind="q_value" if config.latent else "agreement"))
+    searcher = Searcher(model, byte_tokenizer(), config, scorer, q_model)
+    prompts = [PROMPT, "Q: 12+30=", "Hi"]  # ragged: one batch pads them differently
+    records = [{"answer": "8"}, {"answer": "42"}, {"answer": "0"}]
+    seeds = lambda: [torch.Generator().manual_seed(i) for i in range(3)]  # noqa: E731
+    alone = [searcher.search(p, r, g) for p, r, g in zip(prompts, records, seeds(), strict=True)]
+    batches = []  # the requests of each batched call (the real function runs)
+
+    def recorded(requests):
+        batches.append(len(requests))
+        return search_state.continue_requests(requests)
+
+    monkeypatch.setattr("cola_lightning.search.searcher.continue_requests", recorded)
+    together = searcher.search_many(prompts, records, seeds())
+    assert batches[0] == 3  # the three problems' first decodes ran as one call
+    for one, many in zip(alone, together, strict=True):
+        assert one.response == many.response
+        for node, twin in zip(shape(one), shape(many), strict=True):  # padding: float noise only
+            assert (node[0], node[1], node[4]) == (twin[0], twin[1], twin[4])
+            assert node[2:4] == pytest.approx(twin[2:4], abs=1e-5)
+        costs = [dict(r.cost.as_dict(), wall_s=0) for r in (one, many)]
+        assert costs[0] == costs[1]
