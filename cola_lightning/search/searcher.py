@@ -118,6 +118,11 @@ class Searcher:
         evenly among its problems.
         """
         generators = generators or [None] * len(prompts)
+        if not len(prompts) == len(records) == len(generators):
+            raise ValueError(
+                f"search_many needs one record and one generator per prompt: got {len(prompts)} "
+                f"prompts, {len(records)} records, {len(generators)} generators."
+            )
         started = time.perf_counter()
         lockstep = Lockstep(continue_requests)
         jobs = [

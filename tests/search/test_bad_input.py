@@ -106,3 +106,12 @@ def test_a_bad_solutions_line_is_named(tmp_path, third_line, error, message):
     data = SolutionDataModule([str(path)], tokenizer="bytes")
     with pytest.raises(error, match=message):
         data.setup("fit")
+
+
+def test_search_many_needs_one_record_per_prompt():
+    model, tokenizer = tiny_model(), byte_tokenizer()
+    searcher = Searcher(model, tokenizer, SearchConfig(method="greedy"), Scorer(ScorerConfig()))
+    with pytest.raises(
+        ValueError, match="one record and one generator per prompt: got 2 prompts, 1"
+    ):
+        searcher.search_many(["1+1=", "2+2="], [{"answer": "2"}])
