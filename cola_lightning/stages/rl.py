@@ -54,6 +54,12 @@ class RLConfig:
             forward and backward only) or ``recompute`` (one no-grad backbone pass per rollout
             batch, for when the kept states would not fit in memory). Token RL trains the
             backbone and always recomputes.
+        skip_no_signal: skip the update of a step whose rollouts carry no reward signal (every
+            advantage zero on every rank, e.g. every group tied under a sparse reward). Such a
+            step would move the policy by the KL term and by AdamW's momentum from earlier
+            steps only, with nothing to learn from (agent token GRPO drifted so,
+            experiments/agents/). A skipped step is no optimiser step, so `max_steps` counts
+            updates. Logged as `rl/skipped`. Off by default: the published recipe steps.
     """
 
     algorithm: str = "grpo"
@@ -66,6 +72,7 @@ class RLConfig:
     max_grad_norm: float = 1.0
     gae_lambda: float = 0.95
     backbone_states: str = "rollout"
+    skip_no_signal: bool = False
 
     def __post_init__(self) -> None:
         if self.backbone_states not in ("rollout", "recompute"):
@@ -225,14 +232,11 @@ class RLStage(CoLAStage):
         else:
             advantages = rl_maths.batch_advantages(rewards)
         # the rollouts that move the policy at all: with a sparse reward most groups tie
-        signal = (advantages.abs() > 1e-6).float().mean()
+        moving = advantages.abs() > 1e-6
+        skipped = self.rl.skip_no_signal and not self.any_rank(moving.any())
         rolled = time.perf_counter()
-        actions = self.actions_of(result)
-        positions += self.update_backbone_positions(actions)
-        actions = self.with_states(actions)
-        if self.rl.algorithm == "ppo_gae":
-            advantages = self.gae_advantages(actions, rewards)
-        stats = self.update(actions, advantages)
+        updated_positions, stats = (0, {}) if skipped else self.learn(result, rewards, advantages)
+        positions += updated_positions
         updated = time.perf_counter()
         self._step_tokens = sum(len(t) for t in result.token_ids)
         self.log_dict(
@@ -242,7 +246,8 @@ class RLStage(CoLAStage):
                 "rl/reward_errors": float(errors),
                 "rl/response_tokens": self._step_tokens / len(records),
                 "rl/backbone_tokens": float(positions),
-                "rl/signal_frac": signal,
+                "rl/signal_frac": moving.float().mean(),
+                "rl/skipped": float(skipped),
                 "timing/rollout_s": rolled - started,
                 "timing/update_s": updated - rolled,
                 **stats,
@@ -252,6 +257,21 @@ class RLStage(CoLAStage):
             prog_bar=True,
             batch_size=len(records),
         )
+
+    def learn(
+        self, result, rewards: torch.Tensor, advantages: torch.Tensor
+    ) -> tuple[int, dict[str, torch.Tensor]]:
+        """The update on one step's rollouts: the backbone positions it ran, and its stats."""
+        actions = self.actions_of(result)
+        positions = self.update_backbone_positions(actions)
+        actions = self.with_states(actions)
+        if self.rl.algorithm == "ppo_gae":
+            advantages = self.gae_advantages(actions, rewards)
+        return positions, self.update(actions, advantages)
+
+    def any_rank(self, flag: torch.Tensor) -> bool:
+        """Whether `flag` holds on any rank: sharded ranks must update together or not at all."""
+        return bool(self.all_gather(flag.float()).max() > 0)
 
     def with_states(self, batch: ActionBatch) -> ActionBatch:
         """The batch with the backbone's states wherever this stage's update reads them."""

@@ -13,12 +13,10 @@ from pathlib import Path
 
 import lightning as L
 import pytest
-import torch
 import yaml
-from transformers import AutoConfig, AutoModelForCausalLM
 
 from cola_lightning.models.sharding import local_shard
-from tests.conftest import REPO, TINY, run_cli
+from tests.conftest import REPO, run_cli
 
 STEPS = 3
 LATENT_PAPER = "configs/llama3_1_8b/latent_rl.yaml"
@@ -152,15 +150,6 @@ def write_agent_config(tmp_path, name: str, devices: int) -> str:
 def rank_stats(folder, rank: int) -> list[dict]:
     lines = (folder / f"rank_stats_{rank}.jsonl").read_text().splitlines()
     return [json.loads(line) for line in lines]
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    tmp_path = tmp_path_factory.mktemp("fsdp_rl")
-    torch.manual_seed(0)
-    lm = AutoModelForCausalLM.from_config(AutoConfig.for_model(model_type="llama", **TINY))
-    lm.save_pretrained(tmp_path / "tiny")
-    return tmp_path
 
 
 @pytest.mark.parametrize("base", [LATENT_PAPER, "configs/test/token_rl.yaml"])

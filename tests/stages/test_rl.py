@@ -34,9 +34,9 @@ def task_data(batch_size: int = 2) -> TaskPromptDataModule:
 
 
 def latent_rl(
-    init_from, reward="tests.stages.test_rl:length_reward", spec=None, lr=1e-2, **rl
+    init_from, reward="tests.stages.test_rl:length_reward", spec=None, lr=1e-2, cls=None, **rl
 ) -> LatentRLModule:
-    module = LatentRLModule(
+    module = (cls or LatentRLModule)(
         spec or tiny_spec(),
         init_from=str(init_from),
         cola=TINY_COLA,
