@@ -130,7 +130,7 @@ def main() -> None:
 
 
 def row(index: int, label: str, method: str, record: dict, result, oracle) -> dict:
-    """One output row: the answer's correctness, the oracle pick over the rollouts, the cost."""
+    """One output row: the chosen response and its correctness, the oracle pick, the cost."""
     return {
         "problem": index,
         "run": label,
@@ -140,6 +140,8 @@ def row(index: int, label: str, method: str, record: dict, result, oracle) -> di
         "oracle_pick_correct": any(
             oracle(record["prompt"], r, record) >= 1.0 for r in result.rollouts
         ),
+        "response": result.response,
+        "rollouts": len(result.rollouts),
         "score": result.score,
         "cost": result.cost.as_dict(),
     }
