@@ -128,10 +128,15 @@ class SlurmPreemption(Callback):
       and requeues the job, and `trainer.should_stop` is set. If `scontrol` is missing or the run
       is not a SLURM job, a warning names the checkpoint and says to resubmit by hand.
 
+    * The handler is installed when the callback is built, not in `setup`: Lightning creates the
+      logger's files, waits at a barrier and runs the data module's setup before any callback's
+      `setup`, and a signal landing there would kill the process (its default action). A signal
+      that arrives while the run starts is kept as the flag and acted on at the first step.
+
     Lightning's own SLURM auto-requeue checkpoints inside its SIGUSR1 handler, so it is switched
-    off: `setup` sets `auto_requeue = False` on the trainer's `SLURMEnvironment` and installs this
-    handler first, and Lightning (`_SignalConnector.register_signal_handlers`, which runs after
-    the setup hooks) leaves a signal that already has a handler alone. The equivalent trainer
+    off: `setup` sets `auto_requeue = False` on the trainer's `SLURMEnvironment`, and Lightning
+    (`_SignalConnector.register_signal_handlers`, which runs after the setup hooks) leaves a
+    signal that already has a handler alone. The equivalent trainer
     setting, for runs without this callback, is
     `plugins: [{class_path: lightning.pytorch.plugins.environments.SLURMEnvironment,
     init_args: {auto_requeue: false}}]`.
@@ -163,6 +168,7 @@ class SlurmPreemption(Callback):
         self._received = False
         self._installed = False
         self._previous_handler = None
+        self._install_handler()
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage != "fit":
@@ -171,7 +177,7 @@ class SlurmPreemption(Callback):
         environment = getattr(trainer._accelerator_connector, "cluster_environment", None)
         if isinstance(environment, SLURMEnvironment):
             environment.auto_requeue = False
-        self._install_handler()
+        self._install_handler()  # again: a previous fit's teardown restored the old handler
 
     def _resolve_checkpoint_path(self, trainer: L.Trainer) -> str:
         for callback in trainer.checkpoint_callbacks:

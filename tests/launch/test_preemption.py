@@ -65,7 +65,21 @@ def test_requeue_job_warns_when_it_cannot(tmp_path):
 def test_filename_must_be_found_by_ckpt_path_last():
     with pytest.raises(ValueError, match="must start with 'last'"):
         SlurmPreemption(filename="preempted")
-    assert SlurmPreemption(signal="USR2").signum == signal.SIGUSR2
+    preemption = SlurmPreemption(signal="USR2")
+    assert preemption.signum == signal.SIGUSR2
+    preemption._restore_handler()
+
+
+def test_a_signal_before_training_is_kept_and_acted_on_at_the_first_step(tmp_path, monkeypatch):
+    # Lightning runs the data module's setup before any callback's: the handler must already be
+    # there, or the signal's default action kills the process while the run starts.
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    preemption = SlurmPreemption(requeue=False)
+    assert signal.getsignal(signal.SIGUSR1) == preemption._on_signal  # else the kill ends pytest
+    os.kill(os.getpid(), signal.SIGUSR1)
+    with pytest.warns(UserWarning, match="requeue disabled"):
+        trainer = fit(tmp_path / "ckpts", 100, preemption)
+    assert preemption.preempted and trainer.global_step == 1
 
 
 class SignalAt(L.Callback):
@@ -101,8 +115,8 @@ def test_signal_checkpoints_stops_and_resumes(tmp_path, monkeypatch):
                                                if not (Path(p) / "scontrol").exists()))  # fmt: skip
     monkeypatch.delenv("SLURM_ARRAY_JOB_ID", raising=False)
     dirpath = tmp_path / "ckpts"
-    preemption, signaller = SlurmPreemption(), SignalAt(step=5)
     before = signal.getsignal(signal.SIGUSR1)
+    preemption, signaller = SlurmPreemption(), SignalAt(step=5)
     no_scontrol = "`scontrol` is not on PATH: cannot requeue SLURM job 4242"
     with pytest.warns(UserWarning, match=no_scontrol):
         trainer = fit(dirpath, 100, signaller, preemption)

@@ -169,6 +169,16 @@ def test_submit_without_sbatch_is_a_clear_error(tmp_path, monkeypatch, capsys):
 # --- real jobs ------------------------------------------------------------------------------
 
 
+def logged_steps(logdir: Path, tag: str = "train/loss") -> list[int]:
+    """The steps logged so far (none while the event file or the tag does not exist yet)."""
+    files = glob.glob(str(logdir / "events.out.tfevents.*"))
+    if not files:
+        return []
+    events = EventAccumulator(files[0])
+    events.Reload()
+    return [e.step for e in events.Scalars(tag)] if tag in events.Tags()["scalars"] else []
+
+
 def scalars(logdir: Path, tag: str = "train/loss") -> list[int]:
     """The steps at which `tag` was logged in the one event file under logdir."""
     files = glob.glob(str(logdir / "events.out.tfevents.*"))
@@ -204,7 +214,8 @@ def test_preempted_job_checkpoints_requeues_and_resumes(slurm_cluster, tmp_path)
     job_id = slurm_cluster.launch(tmp_path, *LAUNCH, "--", f"--trainer.max_steps={max_steps}")
     first_events = tmp_path / RUNS / "version_0"
     deadline = time.monotonic() + 120
-    while not glob.glob(str(first_events / "events.out.tfevents.*")):  # training has started
+    # Training has started on both ranks once a step is logged (each step is a DDP collective).
+    while not logged_steps(first_events):
         assert time.monotonic() < deadline, slurm_cluster.job(job_id)
         time.sleep(0.2)
     # Without --full/--batch, scancel signals every task of the job's steps (all srun ranks) but
