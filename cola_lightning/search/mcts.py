@@ -35,6 +35,8 @@ def mcts_q(searcher: Searcher, root: Node) -> SearchResult:
         tree.backup_q(child, config.gamma)
         if child.finished and config.stop_on_eos:
             break
+    searcher.rescore(root)
+    tree.revalue_q(root, config.gamma)
     chosen, use_rollout = tree.choose_answer_q(root, config.gamma)
     tokens = chosen.rollout_tokens if use_rollout else searcher.finish_answer(chosen)
     return searcher.result(root, tokens, chosen.reward)
@@ -139,6 +141,7 @@ def _root_to_leaf(searcher: Searcher, root: Node, expand, sampled_rollouts: bool
         searcher.simulate(children, sampled=sampled_rollouts)
         for child in children:
             tree.backup_mean(child, child.reward)
+    searcher.rescore(root)
     best = tree.best_rollout(root)
     return searcher.result(root, best.rollout_tokens, best.reward)
 

@@ -69,6 +69,11 @@ class Scorer:
     def oracle(self) -> bool:
         return self.config.oracle
 
+    @property
+    def reads_history(self) -> bool:
+        """Whether a score depends on the other rollouts (agreement): re-scored at the end."""
+        return self.config.kind == "agreement"
+
     def __call__(
         self,
         prompt: str,

@@ -169,6 +169,21 @@ class Searcher:
         for node, reward in zip(nodes, rewards, strict=True):
             node.reward = reward
 
+    def rescore(self, root: Node) -> None:
+        """Re-scores every rollout against all of the tree's, for a scorer that reads the others.
+
+        During the search a rollout's agreement counts only the rollouts made before it, so the
+        root's (the greedy one) always scores 1.0 and no later answer can beat it; the answer is
+        chosen on the agreement over the whole tree instead (a majority vote over its rollouts).
+        """
+        if not self.scorer.reads_history:
+            return
+        nodes = [n for n in root.walk() if n.reward is not None]
+        rollouts = [n.rollout for n in nodes]
+        rewards = self.scorer(self.prompt, rollouts, self.record, [n.q_final for n in nodes], [])
+        for node, reward in zip(nodes, rewards, strict=True):
+            node.reward = reward
+
     def result(self, root: Node, tokens: list[int], score: float) -> SearchResult:
         self.decoder.cost.nodes = sum(1 for _ in root.walk())
         return SearchResult(self.decoder.text(tokens), tokens, score, self.decoder.cost, root)

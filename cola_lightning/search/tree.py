@@ -107,12 +107,30 @@ def backup_q(leaf: Node, gamma: float) -> None:
     """MCTS-Q backup to the root: N += 1; V = visit-weighted mean of q over children; leaf V = R."""
     for node in leaf.path_to_root():
         node.visits += 1
-        visited = [c for c in node.children if c.visits > 0]
-        if not visited:
-            node.value = node.reward
-            continue
-        total = sum(c.visits for c in visited)
-        node.value = sum(c.visits * edge_q(c, gamma) for c in visited) / total
+        node.value = value_q(node, gamma)
+
+
+def value_q(node: Node, gamma: float) -> float:
+    """V: the visit-weighted mean of q over the visited children, or R without any."""
+    visited = [c for c in node.children if c.visits > 0]
+    if not visited:
+        return node.reward
+    total = sum(c.visits for c in visited)
+    return sum(c.visits * edge_q(c, gamma) for c in visited) / total
+
+
+def revalue_q(node: Node, gamma: float) -> None:
+    """Recomputes every V below `node` from the current rewards (visits kept), bottom-up.
+
+    After the last backup each V is `value_q` of its node (a child's V only changes in a backup
+    that passes through its parent), so this leaves unchanged rewards' values as they are and
+    makes them consistent with re-scored ones.
+    """
+    if node.visits == 0:
+        return
+    for child in node.children:
+        revalue_q(child, gamma)
+    node.value = value_q(node, gamma)
 
 
 def choose_answer_q(root: Node, gamma: float) -> tuple[Node, bool]:

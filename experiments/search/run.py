@@ -7,8 +7,8 @@
 
 Loads the quickstart CoLA model and its Q-model once, then for each held-out problem (seed 2, the
 val split of configs/quickstart/search.yaml) runs every method at every budget with the
-non-oracle agreement scorer, appending one row per (problem, method, budget) to
-`--out`/rows.jsonl as it goes. `--batch` problems are searched at once (`Searcher.search_many`:
+non-oracle agreement scorer (or, with `--scorer q_value`, the Q-model's value), appending one
+row per (problem, method, budget) to `--out`/rows.jsonl as it goes. `--batch` problems are searched at once (`Searcher.search_many`:
 their decodes share batches; each result is as searched alone, and `wall_s` is the batch's time
 over its problems); batches of problems are outer, so a time limit cuts whole batches. Each row also
 records the oracle pick: whether any rollout the search made is correct (an upper bound on any
@@ -95,12 +95,19 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=40.0)
     parser.add_argument("--runs", default=None, help="comma-separated labels (default: all)")
     parser.add_argument("--out", default="experiments/search")
+    parser.add_argument(
+        "--scorer",
+        default="agreement",
+        choices=["agreement", "q_value"],
+        help="what scores a rollout; q_value (latent runs, needs --q-from) labels runs `<run>/q`",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     module = load(args.init_from, args.q_from, lora=not args.no_lora)
     records = problems(module, args.start + args.problems)[args.start :]
     oracle = resolve_reward("arithmetic")
-    scorer = Scorer(ScorerConfig(kind="agreement"))
+    scorer = Scorer(ScorerConfig(kind=args.scorer))
+    suffix = "" if args.scorer == "agreement" else "/q"
     chosen = [r for r in RUNS if args.runs is None or r[0] in args.runs.split(",")]
     if module.q_model is None:
         chosen = [r for r in chosen if r[1] != "mcts_q"]
@@ -123,7 +130,8 @@ def main() -> None:
                 prompts = [r["prompt"] for r in chunk]
                 results = searcher.search_many(prompts, chunk, generators)
                 for index, record, result in zip(indices, chunk, results, strict=True):
-                    handle.write(json.dumps(row(index, label, method, record, result, oracle)))
+                    line = row(index, label + suffix, method, record, result, oracle)
+                    handle.write(json.dumps(line | {"scorer": args.scorer}))
                     handle.write("\n")
                 handle.flush()
             print(f"problems {indices.start}-{indices.stop - 1} done", flush=True)

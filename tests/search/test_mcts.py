@@ -11,7 +11,7 @@ from cola_lightning.search import state as search_state
 from cola_lightning.search import tree
 from cola_lightning.search.config import SearchConfig
 from cola_lightning.search.q_model import QModel, QModelConfig
-from cola_lightning.search.scorers import Scorer, ScorerConfig
+from cola_lightning.search.scorers import Scorer, ScorerConfig, final_answer
 from cola_lightning.search.searcher import Searcher, SearchResult
 from tests.conftest import tiny_model
 
@@ -122,6 +122,25 @@ def test_mcts_q_answers_by_its_answer_rule(models):
         # its text, unfinished at the depth limit, continued greedily by answer_tokens
         assert result.tokens[:2] == chosen.state.generated
         assert len(result.tokens) == 2 + answer_tokens and result.score == chosen.reward
+
+
+@pytest.mark.parametrize("method", ["mcts_q", "mcts", "mcts_token"])
+def test_agreement_is_scored_over_all_the_trees_rollouts(models, method):
+    # Scored as they come, the root's rollout (the first) has agreement 1.0 whenever it has an
+    # answer, and no later one can beat it: the answer is chosen on the whole tree's rollouts.
+    model, q_model = models
+    config = replace(BASE, method=method, rounds=6, simulation_tokens=12, depth=40, chunk_tokens=4)
+    scorer = Scorer(ScorerConfig(kind="agreement"))
+    searcher = Searcher(model, byte_tokenizer(), config, scorer, q_model, None)
+    result = searcher.search(PROMPT, {"answer": "8"}, torch.Generator().manual_seed(0))
+    scored = [n for n in result.tree.walk() if n.reward is not None]
+    answers = [final_answer(n.rollout) for n in scored]
+    shares = [0.0 if a is None else answers.count(a) / len(answers) for a in answers]
+    assert [n.reward for n in scored] == shares
+    if method != "mcts_q":  # MCTS-Q's answer rule may take a terminal node's text instead
+        majority = max(set(answers) - {None}, key=answers.count)
+        assert answers.count(majority) >= 3  # plain MCTS scored as it came would pick another
+        assert final_answer(result.response) == majority and result.score == max(shares)
 
 
 def test_mcts_q_stops_at_the_first_finished_expansion_unless_told_not_to(models):

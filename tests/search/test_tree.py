@@ -53,6 +53,26 @@ def test_q_backup_exact_values():
     assert (root.visits, c2.visits, c1.visits) == (4, 2, 1)
 
 
+def test_revalue_keeps_backed_up_values_and_follows_rescored_rewards():
+    gamma = 0.99
+    root = node(reward=0.2)
+    tree.backup_q(root, gamma)
+    c1, c2 = root.add(node(reward=1.0)), root.add(node(reward=0.0))
+    tree.backup_q(c1, gamma)
+    tree.backup_q(c2, gamma)
+    g = c2.add(node(reward=0.5))
+    tree.backup_q(g, gamma)
+    backed_up = [n.value for n in root.walk()]
+    tree.revalue_q(root, gamma)
+    assert [n.value for n in root.walk()] == backed_up  # exactly: same operations
+    g.reward = 1.0  # re-scored: every V on its path follows
+    tree.revalue_q(root, gamma)
+    assert g.value == 1.0 and c2.value == pytest.approx(1.0 + gamma * 1.0)
+    q1, q2 = (1.0 - 0.2) + gamma * 1.0, (0.0 - 0.2) + gamma * c2.value
+    assert root.value == pytest.approx((q1 + 2 * q2) / 3)
+    assert c1.value == 1.0 and [n.visits for n in root.walk()] == [4, 1, 2, 1]
+
+
 def test_answer_rule_terminal_beats_best_rollout_only_if_its_q_is_higher():
     gamma = 0.99
     root = node(reward=0.1)
