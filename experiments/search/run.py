@@ -8,11 +8,12 @@
 Loads the quickstart CoLA model and its Q-model once, then for each held-out problem (seed 2, the
 val split of configs/quickstart/search.yaml) runs every method at every budget with the
 non-oracle agreement scorer (or, with `--scorer q_value`, the Q-model's value), appending one
-row per (problem, method, budget) to `--out`/rows.jsonl as it goes. `--batch` problems are searched at once (`Searcher.search_many`:
-their decodes share batches; each result is as searched alone, and `wall_s` is the batch's time
-over its problems); batches of problems are outer, so a time limit cuts whole batches. Each row also
-records the oracle pick: whether any rollout the search made is correct (an upper bound on any
-selection rule over those rollouts, labelled as an oracle). `summarize.py` makes the table and plot.
+row per (problem, method, budget) to `--out`/rows.jsonl as it goes. `--batch` problems are
+searched at once (`Searcher.search_many`: their decodes share batches; each result is as searched
+alone, and `wall_s` is the batch's time over its problems); batches of problems are outer, so a
+time limit cuts whole batches. Each row also records the oracle pick: whether any rollout the
+search made is correct (an upper bound on any selection rule over those rollouts, labelled as an
+oracle). `summarize.py` makes the table and plot.
 """
 
 from __future__ import annotations
