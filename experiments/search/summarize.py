@@ -49,6 +49,42 @@ def summarize(rows: list[dict]) -> list[dict]:
     return table
 
 
+def plot(table: list[dict], path: Path) -> None:
+    """Accuracy (Wilson 95% bars) against backbone tokens per problem; budgets of one method joined,
+    latent runs solid, token runs dashed; the oracle pick as hollow markers (an upper bound)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(7.5, 4.8))
+    by_method: dict[str, list[dict]] = defaultdict(list)
+    for r in table:
+        by_method[r["run"].split("@")[0]].append(r)
+    for method, runs in by_method.items():
+        runs.sort(key=lambda r: r["backbone_tokens"])
+        x = [r["backbone_tokens"] for r in runs]
+        y = [r["accuracy"] for r in runs]
+        low = [r["accuracy"] - r["interval_95"][0] for r in runs]
+        high = [r["interval_95"][1] - r["accuracy"] for r in runs]
+        style = "o--" if "token" in method else "o-"
+        line = axes.errorbar(x, y, yerr=[low, high], fmt=style, capsize=3, label=method)
+        colour = line[0].get_color()
+        axes.plot(x, [r["oracle_pick_accuracy"] for r in runs], "o", mfc="none", color=colour)
+        for r in runs:
+            budget = r["run"].partition("@")[2]
+            point = (r["backbone_tokens"], r["accuracy"])
+            axes.annotate(budget, point, textcoords="offset points", xytext=(4, 4), fontsize=7)
+    axes.set_xscale("log")
+    axes.set_xlabel("backbone tokens computed per problem")
+    axes.set_ylabel("accuracy (hollow: oracle pick, an upper bound)")
+    axes.set_title(f"Search on {table[0]['problems']} held-out arithmetic problems")
+    axes.legend(fontsize=7, loc="upper left")
+    axes.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rows", default="experiments/search/rows.jsonl")
@@ -64,6 +100,7 @@ def main() -> None:
             f"| {r['oracle_pick_accuracy']:.3f} | {r['backbone_tokens']:.0f} | {r['wall_s']:.1f} |"
         )
     (path.parent / "summary.json").write_text(json.dumps(table, indent=1) + "\n")
+    plot(table, path.parent / "accuracy_vs_compute.png")
 
 
 if __name__ == "__main__":
