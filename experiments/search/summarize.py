@@ -30,6 +30,7 @@ def summarize(rows: list[dict]) -> list[dict]:
     for row in rows:
         by_run[row["run"]][row["problem"]] = row
     shared = set.intersection(*(set(problems) for problems in by_run.values()))
+    greedy = [by_run["greedy"][p] for p in sorted(shared)] if "greedy" in by_run else None
     table = []
     for run, problems in by_run.items():
         picked = [problems[p] for p in sorted(shared)]
@@ -44,9 +45,22 @@ def summarize(rows: list[dict]) -> list[dict]:
                 "oracle_pick_accuracy": sum(r["oracle_pick_correct"] for r in picked) / len(picked),
                 "backbone_tokens": sum(r["cost"]["backbone_tokens"] for r in picked) / len(picked),
                 "wall_s": sum(r["cost"]["wall_s"] for r in picked) / len(picked),
+                **(against_greedy(picked, greedy) if greedy else {}),
             }
         )
     return table
+
+
+def against_greedy(picked: list[dict], greedy: list[dict]) -> dict:
+    """Problems this run gets right that greedy misses (wins), the reverse (losses), and how
+    often it returns greedy's very response (rows that record it)."""
+    pairs = list(zip(picked, greedy, strict=True))
+    same = [a["response"] == g["response"] for a, g in pairs if "response" in a and "response" in g]
+    return {
+        "wins_vs_greedy": sum(a["correct"] and not g["correct"] for a, g in pairs),
+        "losses_vs_greedy": sum(g["correct"] and not a["correct"] for a, g in pairs),
+        "same_response_as_greedy": round(sum(same) / len(same), 3) if same else None,
+    }
 
 
 def plot(table: list[dict], path: Path) -> None:
@@ -92,12 +106,17 @@ def main() -> None:
     path = Path(args.rows)
     rows = [json.loads(line) for line in path.read_text().splitlines()]
     table = summarize(rows)
-    print("| run | problems | accuracy | 95% interval | oracle pick | backbone tokens | wall s |")
-    print("|---|---|---|---|---|---|---|")
+    print(
+        "| run | problems | accuracy | 95% interval | oracle pick | backbone tokens | wall s "
+        "| wins/losses vs greedy | greedy's response |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in table:
+        same = r.get("same_response_as_greedy") or "-"
         print(
             f"| {r['run']} | {r['problems']} | {r['accuracy']:.3f} | {r['interval_95']} "
-            f"| {r['oracle_pick_accuracy']:.3f} | {r['backbone_tokens']:.0f} | {r['wall_s']:.1f} |"
+            f"| {r['oracle_pick_accuracy']:.3f} | {r['backbone_tokens']:.0f} | {r['wall_s']:.1f} "
+            f"| {r.get('wins_vs_greedy', '-')}/{r.get('losses_vs_greedy', '-')} | {same} |"
         )
     (path.parent / "summary.json").write_text(json.dumps(table, indent=1) + "\n")
     plot(table, path.parent / "accuracy_vs_compute.png")
