@@ -49,6 +49,9 @@ RUNS = [
     ("mcts@3", "mcts", {"rounds": 3}),
     ("mcts_q@3", "mcts_q", {"rounds": 3}),
     ("mcts_q@7", "mcts_q", {"rounds": 7}),
+    # The reference stops at the first expansion that reaches EOS; on short answers that is after
+    # one or two rounds whatever the budget. Without the stop the rounds are all spent.
+    ("mcts_q_nostop@7", "mcts_q", {"rounds": 7, "stop_on_eos": False}),
     ("mcts_token@1", "mcts_token", {"rounds": 1}),
     ("mcts_token@3", "mcts_token", {"rounds": 3}),
 ]
