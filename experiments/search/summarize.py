@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 from collections import defaultdict
 from pathlib import Path
 
@@ -74,7 +75,7 @@ def plot(table: list[dict], path: Path) -> None:
     figure, axes = plt.subplots(figsize=(7.5, 4.8))
     by_method: dict[str, list[dict]] = defaultdict(list)
     for r in table:
-        by_method[r["run"].split("@")[0]].append(r)
+        by_method[re.sub(r"@\d+", "", r["run"])].append(r)  # bon_latent@4/q -> bon_latent/q
     for method, runs in by_method.items():
         runs.sort(key=lambda r: r["backbone_tokens"])
         x = [r["backbone_tokens"] for r in runs]
@@ -86,7 +87,7 @@ def plot(table: list[dict], path: Path) -> None:
         colour = line[0].get_color()
         axes.plot(x, [r["oracle_pick_accuracy"] for r in runs], "o", mfc="none", color=colour)
         for r in runs:
-            budget = r["run"].partition("@")[2]
+            budget = r["run"].partition("@")[2].split("/")[0]
             point = (r["backbone_tokens"], r["accuracy"])
             axes.annotate(budget, point, textcoords="offset points", xytext=(4, 4), fontsize=7)
     axes.set_xscale("log")
